@@ -1,0 +1,64 @@
+"""Video tokenizer (FSQ or VQ) on clip windows.
+
+  python -m worldmodel.train --config=experiments/tokenizer.py:VARIANT --workdir=DIR --config.data.dir=DATA
+
+Variants:
+  tiny        seconds per run; used by the test suite
+  quickstart  what `make quickstart` trains: 32x32 bouncing clips, a few minutes on 2 CPU cores
+  small       64x64 clips, the benchmark shape
+  jasmine     Jasmine's default tokenizer shapes (16x64x64 clips, patch 16, width 512, 4+4 blocks, 1024 VQ codes)
+Append ',vq' to a variant (e.g. tiny,vq) for a VQ quantiser instead of FSQ.
+"""
+import ml_collections
+
+VARIANTS = ("tiny", "quickstart", "small", "jasmine")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  parts = (arg or "quickstart").split(",")
+  variant, options = parts[0], set(parts[1:])
+  if variant not in VARIANTS or not options <= {"vq"}:
+    raise ValueError(f"unknown variant {arg!r} for experiments/tokenizer.py; choose one of {VARIANTS} "
+                     "(optionally with ',vq')")
+
+  c = ml_collections.ConfigDict()
+  c.objective = "tokenizer"
+  c.seed = 0
+  c.total_steps = 2000
+  c.batch_size = 16
+  c.log_every_steps = 50
+
+  c.data = dict(dir="", train_split="train", eval_split="val", num_frames=8, frame_stride=1,
+                read_threads=2, prefetch=4, workers=0)
+  c.model = dict(name="tokenizer", frames=8, size=32, tubelet=(2, 4, 4), width=128, heads=4, mlp_ratio=4.0,
+                 enc_depth=2, dec_depth=2, dtype="float32", remat="none",
+                 quantizer=dict(kind="fsq", levels=(8, 5, 5, 5), num_codes=1024, code_dim=8,
+                                commitment=0.25, decay=0.99, restart_threshold=0.01))
+  c.optim = dict(lr=1e-3, warmup_steps=100, decay_steps=-1, final_lr_frac=0.05, weight_decay=1e-4,
+                 b1=0.9, b2=0.99, grad_clip=1.0)
+  c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+  c.eval = dict(split="test", batch_size=16, max_clips=0, num_media=4)
+
+  if variant == "tiny":
+    c.total_steps = 20
+    c.batch_size = 8
+    c.log_every_steps = 5
+    c.data.num_frames = c.model.frames = 4
+    c.model.update(size=32, tubelet=(2, 8, 8), width=32, heads=2, enc_depth=1, dec_depth=1)
+    c.optim.update(warmup_steps=5, decay_steps=1000)  # fixed length: 8 + 8 resumed steps == 16 straight
+    c.checkpoint.every_steps = 10
+    c.eval.update(batch_size=8, num_media=2)
+  elif variant == "small":
+    c.data.num_frames = c.model.frames = 16
+    c.model.update(size=64, tubelet=(2, 8, 8), width=256, heads=4, enc_depth=4, dec_depth=4)
+    c.batch_size = 8
+  elif variant == "jasmine":
+    c.data.num_frames = c.model.frames = 16
+    c.model.update(size=64, tubelet=(1, 16, 16), width=512, heads=8, enc_depth=4, dec_depth=4)
+    c.model.quantizer.update(kind="vq", num_codes=1024, code_dim=32)
+    c.batch_size = 8
+
+  if "vq" in options:
+    c.model.quantizer.kind = "vq"
+  return c

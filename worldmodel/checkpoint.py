@@ -1,0 +1,80 @@
+"""Orbax checkpoints: one step directory holds the train state, the data position and the resolved config.
+
+Saves are asynchronous and atomic (Orbax writes to a temporary directory and renames it on commit), so a crash
+mid-save leaves the previous checkpoint intact. Restores go onto abstract arrays that carry the *current* mesh's
+shardings, which is what lets a checkpoint move between meshes and process counts. A newest checkpoint that cannot
+be read is skipped with a warning and the previous one is used.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from absl import logging
+import jax
+import orbax.checkpoint as ocp
+
+ITEMS = ("state", "data", "config")
+
+
+class CheckpointError(RuntimeError):
+  pass
+
+
+class Checkpointer:
+
+  def __init__(self, directory: str, *, keep: int, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state: Any, data_state: dict, config: dict, *, force: bool = False) -> bool:
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+                              config=ocp.args.JsonSave(config))
+    return self.manager.save(step, args=args, force=force)
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict]:
+    """Restore the newest readable checkpoint (or `step`); returns (step, state, data_state)."""
+    candidates = [step] if step is not None else list(reversed(self.steps()))
+    if not candidates:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    errors = []
+    for s in candidates:
+      try:
+        out = self.manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                              data=ocp.args.JsonRestore()))
+        if errors:
+          logging.warning("restored the previous checkpoint, step %d", s)
+        return s, out["state"], dict(out["data"])
+      except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back to an older one
+        msg = f"checkpoint step {s} in {self.directory} is corrupt or unreadable ({type(e).__name__}: {str(e)[:300]})"
+        if _is_mismatch(e):
+          raise CheckpointError(f"checkpoint step {s} does not match this model: {e}") from e
+        errors.append(msg)
+        logging.warning("%s; falling back to the previous checkpoint", msg)
+        print(f"warning: {msg}; falling back to the previous checkpoint", flush=True)
+    raise CheckpointError("no readable checkpoint: " + "; ".join(errors))
+
+  def restore_config(self, step: int) -> dict:
+    return dict(self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def _is_mismatch(e: Exception) -> bool:
+  # Shape/structure disagreements are a config error, not corruption: falling back would hide them.
+  text = str(e)
+  return any(w in text for w in ("shape mismatch", "Shape mismatch", "tree structure", "Tree structure",
+                                 "do not match", "don't match"))
+
+
+def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

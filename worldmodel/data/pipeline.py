@@ -1,0 +1,127 @@
+"""Grain pipelines: episodes on disk → clip windows → per-process batches → global jax.Arrays on the mesh.
+
+Training order is a pure function of (seed, global sample index): sample g of the run is drawn from episode
+perm(seed, epoch)[g % num_episodes] with a window start from rng(seed, g). The batch for step k holds samples
+[k·B, (k+1)·B); process p of P reads its contiguous slice. So resuming needs only the step (saved with every
+checkpoint as the data position), and the global batch does not depend on how many processes read it.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Iterator
+
+import grain
+import jax
+import numpy as np
+
+from worldmodel.data import records
+from worldmodel.parallel import mesh as mesh_lib
+
+KEYS = ("video", "action", "state", "reward")
+
+
+class ClipSampler:
+  """Maps a global sample index to a clip window (deterministic, topology-free)."""
+
+  def __init__(self, source, seed: int, num_frames: int, frame_stride: int):
+    self.source, self.seed = source, seed
+    self.num_frames, self.stride = num_frames, frame_stride
+    self.span = (num_frames - 1) * frame_stride + 1
+
+  @functools.lru_cache(maxsize=4)
+  def _perm(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.source))
+
+  def __call__(self, g: int) -> dict:
+    n = len(self.source)
+    episode = int(self._perm(g // n)[g % n])
+    ep = self.source[episode]
+    length = ep["video"].shape[0]
+    if length < self.span:
+      raise records.DatasetError(f"episode {episode} has {length} frames; a clip needs {self.span} "
+                                 f"(num_frames={self.num_frames}, frame_stride={self.stride})")
+    start = int(np.random.default_rng([self.seed, g, 11]).integers(0, length - self.span + 1))
+    return window(ep, start, self.span, self.stride)
+
+
+def window(ep: dict, start: int, span: int, stride: int) -> dict:
+  """Slice every per-step array the same way, so action[t] / state[t] stay aligned with video[t]."""
+  return {k: np.asarray(ep[k][start:start + span:stride]) for k in KEYS if k in ep}
+
+
+class _Sample:
+  """Picklable grain map: local element i → global sample index → clip."""
+
+  def __init__(self, sampler: ClipSampler, start_step: int, global_batch: int, local_batch: int, process: int):
+    self.sampler, self.start_step = sampler, start_step
+    self.global_batch, self.local_batch, self.process = global_batch, local_batch, process
+
+  def __call__(self, i: int) -> dict:
+    step, j = divmod(int(i), self.local_batch)
+    g = (self.start_step + step) * self.global_batch + self.process * self.local_batch + j
+    return self.sampler(g)
+
+
+def local_batch_size(global_batch: int) -> int:
+  n = jax.process_count()
+  if global_batch % n:
+    raise ValueError(f"batch_size {global_batch} is not divisible by the {n} processes")
+  return global_batch // n
+
+
+def train_dataset(data_cfg, *, seed: int, global_batch: int, start_step: int, num_steps: int,
+                  process_index: int | None = None, process_count: int | None = None) -> grain.IterDataset:
+  """The per-process iterator for steps [start_step, start_step + num_steps)."""
+  p = jax.process_index() if process_index is None else process_index
+  n = jax.process_count() if process_count is None else process_count
+  if global_batch % n:
+    raise ValueError(f"batch_size {global_batch} is not divisible by the {n} processes")
+  local = global_batch // n
+  source = records.open_split(data_cfg.dir, data_cfg.train_split)
+  sampler = ClipSampler(source, seed, data_cfg.num_frames, data_cfg.frame_stride)
+  ds = grain.MapDataset.range(num_steps * local).map(_Sample(sampler, start_step, global_batch, local, p))
+  ds = ds.batch(local, drop_remainder=True)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.read_threads,
+                                            prefetch_buffer_size=data_cfg.prefetch))
+  if data_cfg.workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.workers))
+  return it
+
+
+def eval_windows(source, num_frames: int, stride: int, max_clips: int | None = None) -> list[tuple[int, int]]:
+  """Every non-overlapping clip window of every episode of a split: (episode, start)."""
+  span = (num_frames - 1) * stride + 1
+  out = []
+  for e in range(len(source)):
+    length = source[e]["video"].shape[0]
+    out += [(e, s) for s in range(0, length - span + 1, span)]
+    if max_clips and len(out) >= max_clips:
+      return out[:max_clips]
+  return out
+
+
+def eval_batches(data_cfg, split: str, batch_size: int, max_clips: int | None = None) -> tuple[Iterator[dict], int]:
+  """Deterministic pass over a split; the last batch is padded and carries `valid` (1 real clip, 0 padding)."""
+  source = records.open_split(data_cfg.dir, split)
+  wins = eval_windows(source, data_cfg.num_frames, data_cfg.frame_stride, max_clips)
+  if not wins:
+    raise records.DatasetError(f"{data_cfg.dir} split {split!r}: no episode is long enough for a "
+                               f"{data_cfg.num_frames}-frame clip at stride {data_cfg.frame_stride}")
+  span = (data_cfg.num_frames - 1) * data_cfg.frame_stride + 1
+
+  def load(k: int) -> dict:
+    e, s = wins[min(k, len(wins) - 1)]
+    clip = window(source[e], s, span, data_cfg.frame_stride)
+    clip["valid"] = np.float32(k < len(wins))
+    return clip
+
+  padded = -(-len(wins) // batch_size) * batch_size
+  ds = grain.MapDataset.range(padded).map(load).batch(batch_size)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.read_threads, prefetch_buffer_size=data_cfg.prefetch))
+  return iter(it), len(wins)
+
+
+def to_global(batch: dict, mesh) -> dict:
+  """Per-process numpy batch → global jax.Arrays split over the mesh's batch axes."""
+  sharding = mesh_lib.batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}

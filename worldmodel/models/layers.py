@@ -1,0 +1,86 @@
+"""Transformer building blocks shared by every model (tokenizer, JEPA encoder / predictor, AC predictor).
+
+Parameters are f32 ("master weights"); `dtype` is the compute dtype (bf16 on TPU/GPU, f32 on CPU where bf16 is slower).
+Every kernel carries mesh-axis annotations: `fsdp` shards the input dimension of projections, `tensor` splits heads and
+the MLP hidden dimension (Megatron style: column-parallel in, row-parallel out).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_init = nnx.initializers.xavier_uniform()
+
+
+def dense(din: int, dout: int, *, axes: tuple, rngs: nnx.Rngs, dtype=jnp.float32, use_bias: bool = True,
+          init=_init) -> nnx.Linear:
+  return nnx.Linear(din, dout, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, rngs=rngs,
+                    kernel_init=nnx.with_partitioning(init, axes),
+                    bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)))
+
+
+def layer_norm(dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32) -> nnx.LayerNorm:
+  return nnx.LayerNorm(dim, dtype=dtype, param_dtype=jnp.float32, rngs=rngs, epsilon=1e-6)
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention through jax.nn.dot_product_attention (fused kernels on GPU/TPU)."""
+
+  def __init__(self, dim: int, heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    if dim % heads:
+      raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
+    self.heads, self.dtype = heads, dtype
+    self.qkv = dense(dim, 3 * dim, axes=("fsdp", "tensor"), rngs=rngs, dtype=dtype)
+    self.out = dense(dim, dim, axes=("tensor", "fsdp"), rngs=rngs, dtype=dtype)
+
+  def __call__(self, x_BLD: jax.Array, *, causal: bool = False) -> jax.Array:
+    B, L, D = x_BLD.shape
+    qkv_BL3HK = self.qkv(x_BLD).reshape(B, L, 3, self.heads, D // self.heads)
+    q, k, v = (qkv_BL3HK[:, :, i] for i in range(3))
+    o_BLHK = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+    return self.out(o_BLHK.reshape(B, L, D))
+
+
+class MLP(nnx.Module):
+  def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.up = dense(dim, hidden, axes=("fsdp", "tensor"), rngs=rngs, dtype=dtype)
+    self.down = dense(hidden, dim, axes=("tensor", "fsdp"), rngs=rngs, dtype=dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.down(jax.nn.gelu(self.up(x)))
+
+
+class SpaceTimeBlock(nnx.Module):
+  """Factorised video block: attention within each frame, causal attention across time per position, then MLP.
+
+  Causal time attention keeps the tokenizer usable for prediction: tokens of step t never see steps > t.
+  """
+
+  def __init__(self, dim: int, heads: int, mlp_ratio: float, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.norm_s = layer_norm(dim, rngs=rngs, dtype=dtype)
+    self.space = Attention(dim, heads, rngs=rngs, dtype=dtype)
+    self.norm_t = layer_norm(dim, rngs=rngs, dtype=dtype)
+    self.time = Attention(dim, heads, rngs=rngs, dtype=dtype)
+    self.norm_m = layer_norm(dim, rngs=rngs, dtype=dtype)
+    self.mlp = MLP(dim, int(dim * mlp_ratio), rngs=rngs, dtype=dtype)
+
+  def __call__(self, x_BTND: jax.Array) -> jax.Array:
+    B, T, N, D = x_BTND.shape
+    h = self.space(self.norm_s(x_BTND).reshape(B * T, N, D)).reshape(B, T, N, D)
+    x_BTND = x_BTND + h
+    x_BNTD = x_BTND.transpose(0, 2, 1, 3)
+    h = self.time(self.norm_t(x_BNTD).reshape(B * N, T, D), causal=True).reshape(B, N, T, D)
+    x_BTND = x_BTND + h.transpose(0, 2, 1, 3)
+    return x_BTND + self.mlp(self.norm_m(x_BTND))
+
+
+
+def run_blocks(blocks, x: jax.Array, remat: str = "none") -> jax.Array:
+  """Apply blocks in order; remat='full' recomputes each block's activations in the backward pass (less memory)."""
+  if remat not in ("none", "full"):
+    raise ValueError(f"unknown remat policy {remat!r}; use 'none' or 'full'")
+  call = nnx.remat(lambda blk, h: blk(h)) if remat == "full" else (lambda blk, h: blk(h))
+  for blk in blocks:
+    x = call(blk, x)
+  return x

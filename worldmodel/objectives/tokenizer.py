@@ -1,0 +1,104 @@
+"""Tokenizer objective: reconstruct clips through the quantised bottleneck.
+
+loss = MSE(recon, target) in [-1, 1] pixel space + the quantiser's auxiliary loss (VQ commitment; 0 for FSQ).
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from worldmodel import media, metrics
+from worldmodel.models.tokenizer import VideoTokenizer
+
+BATCH_KEYS = ("video",)
+
+
+def create_model(config: ml_collections.ConfigDict, rngs) -> VideoTokenizer:
+  return VideoTokenizer(config.model, rngs=rngs)
+
+
+def check_data(config: ml_collections.ConfigDict, meta: dict) -> None:
+  """Frames of the wrong size for the model fail here, before anything is compiled."""
+  size = meta.get("size")
+  if size is not None and int(size) != int(config.model.size):
+    raise ValueError(f"dataset {config.data.dir} has {size}x{size} frames but the model expects "
+                     f"{config.model.size}x{config.model.size} (config key 'model.size')")
+  if config.model.frames != config.data.num_frames:
+    raise ValueError(f"config keys disagree: model.frames={config.model.frames} but data.num_frames="
+                     f"{config.data.num_frames}")
+
+
+def to_float(video_uint8: jax.Array) -> jax.Array:
+  return video_uint8.astype(jnp.float32) / 255.0
+
+
+def loss_fn(model: VideoTokenizer, batch: dict, *, rng: jax.Array, train: bool):
+  video = to_float(batch["video"])
+  out = model(video, train=train, rng=rng)
+  mse = jnp.mean(jnp.square(out.recon_BTHWC - (video * 2.0 - 1.0)))
+  loss = mse + out.quant.loss
+  # PSNR of the [0,1] image: MSE in [-1,1] space is 4x the [0,1] MSE.
+  logs = {"loss": loss, "mse": mse, "psnr": -10.0 * jnp.log10(mse / 4.0 + 1e-10), **out.quant.metrics}
+  return loss, logs
+
+
+def eval_step(model: VideoTokenizer, batch: dict) -> dict:
+  """Per-clip outputs the host aggregates: per-frame PSNR/SSIM/MSE, code indices, reconstructions."""
+  video = to_float(batch["video"])
+  out = model(video, train=False)
+  recon = jnp.clip((out.recon_BTHWC + 1.0) / 2.0, 0.0, 1.0)
+  per_frame = metrics.video_psnr_ssim(video, recon)
+  return {**per_frame, "indices": out.indices_BTN, "recon": recon}
+
+
+class Evaluator:
+  """Accumulates a whole split; writes metrics, a truth | reconstruction GIF and a PSNR-per-frame plot."""
+
+  def __init__(self, model: VideoTokenizer, config: ml_collections.ConfigDict, num_media: int = 4):
+    self.model, self.config, self.num_media = model, config, num_media
+    self.codes = metrics.CodeStats(model.quantizer.num_codes)
+    self.frames = metrics.RunningMean()
+    self.media: list[np.ndarray] = []
+
+  def update(self, batch: dict, out: dict) -> None:
+    valid = np.asarray(batch["valid"]) > 0
+    n = int(valid.sum())
+    if not n:
+      return
+    per_frame = {k: np.asarray(out[k])[valid] for k in ("psnr_BT", "ssim_BT", "mse_BT")}
+    self.frames.update({k[:-3]: v.mean(0) for k, v in per_frame.items()}, weight=n)
+    self.codes.update(np.asarray(out["indices"])[valid])
+    for truth, recon in zip(np.asarray(batch["video"])[valid], np.asarray(out["recon"])[valid]):
+      if len(self.media) < self.num_media:
+        self.media.append(media.side_by_side([truth, media.to_uint8(recon)]))
+
+  def finish(self, out_dir: str, num_clips: int) -> dict:
+    per_frame = self.frames.result()  # per-frame-index means over clips
+    m = self.config.model
+    result = {
+        "psnr": float(np.mean(per_frame["psnr"])),
+        "ssim": float(np.mean(per_frame["ssim"])),
+        "mse": float(np.mean(per_frame["mse"])),
+        "codebook_usage": self.codes.usage(),
+        "perplexity": self.codes.perplexity(),
+        "bits_per_pixel": metrics.bits_per_pixel(self.model.tokens_per_clip, self.model.quantizer.num_codes,
+                                                 m.frames, m.size, m.size),
+        "bits_per_pixel_entropy": self.codes.entropy_bits() * self.model.tokens_per_clip / (m.frames * m.size ** 2),
+        "num_codes": self.model.quantizer.num_codes,
+        "num_clips": num_clips,
+        "psnr_per_frame": [float(x) for x in per_frame["psnr"]],
+        "ssim_per_frame": [float(x) for x in per_frame["ssim"]],
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    result["media"] = {
+        "reconstructions_gif": media.write_gif(os.path.join(out_dir, "truth_vs_recon.gif"),
+                                               np.concatenate(self.media, axis=1), fps=6, scale=3),
+        "psnr_per_frame_png": media.plot_curves(os.path.join(out_dir, "psnr_per_frame.png"),
+                                                {"PSNR": np.asarray(per_frame["psnr"])}, "frame index", "PSNR (dB)",
+                                                "Held-out PSNR per frame index"),
+    }
+    return result

@@ -1,0 +1,33 @@
+"""Multi-process start-up: jax.distributed.initialize from flags, environment, or nothing (single process).
+
+Explicit: --coordinator_address=HOST:PORT --num_processes=N --process_id=I (what launch/local.py passes).
+Automatic: on TPU VMs, SLURM and GKE jax detects the cluster itself (--distributed=auto).
+Fake CPU devices per process: --cpu_devices=K (or WM_CPU_DEVICES) before the backend starts.
+"""
+from __future__ import annotations
+
+import os
+
+from absl import flags
+import jax
+
+_COORD = flags.DEFINE_string("coordinator_address", os.environ.get("WM_COORDINATOR"), "host:port of process 0.")
+_NUM = flags.DEFINE_integer("num_processes", int(os.environ.get("WM_NUM_PROCESSES", "1")), "Total processes.")
+_PID = flags.DEFINE_integer("process_id", int(os.environ.get("WM_PROCESS_ID", "0")), "This process's index.")
+_AUTO = flags.DEFINE_bool("distributed_auto", False, "Let jax detect the cluster (TPU VM, SLURM, GKE).")
+_CPU = flags.DEFINE_integer("cpu_devices", int(os.environ.get("WM_CPU_DEVICES", "0")),
+                            "Number of fake CPU devices in this process (0: platform default).")
+_TIMEOUT = flags.DEFINE_integer("init_timeout_s", int(os.environ.get("WM_INIT_TIMEOUT", "120")),
+                                "Seconds to wait for all processes before failing.")
+
+
+def initialize() -> None:
+  if _CPU.value:
+    jax.config.update("jax_num_cpu_devices", _CPU.value)
+  if _AUTO.value:
+    jax.distributed.initialize(initialization_timeout=_TIMEOUT.value)
+  elif _NUM.value > 1:
+    if not _COORD.value:
+      raise SystemExit("error: --num_processes > 1 needs --coordinator_address=HOST:PORT")
+    jax.distributed.initialize(coordinator_address=_COORD.value, num_processes=_NUM.value, process_id=_PID.value,
+                               initialization_timeout=_TIMEOUT.value)

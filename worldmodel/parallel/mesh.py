@@ -1,0 +1,76 @@
+"""Device mesh from config, and the shardings that place parameters and batches on it.
+
+Axes: `data` (pure data parallel: batch split, parameters replicated), `fsdp` (batch split *and* parameters /
+optimizer state split), `tensor` (attention heads and MLP hidden split). Parameters carry their mesh axes as
+`nnx.with_partitioning` annotations; `param_shardings` drops any axis that does not divide a dimension, so one
+annotation serves every mesh (a 3-wide bias on an 8-way fsdp axis simply stays replicated).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both
+
+
+def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
+  """Resolve -1 ('fill') entries so the product equals the device count."""
+  sizes = [int(mesh_cfg[a]) for a in AXES]
+  fills = [i for i, s in enumerate(sizes) if s == -1]
+  if len(fills) > 1:
+    raise ValueError(f"mesh: at most one axis may be -1 (fill), got {dict(zip(AXES, sizes))}")
+  fixed = math.prod(s for s in sizes if s != -1)
+  if fills:
+    if num_devices % fixed:
+      raise ValueError(f"mesh: {dict(zip(AXES, sizes))} cannot fill {num_devices} devices "
+                       f"({num_devices} is not a multiple of {fixed})")
+    sizes[fills[0]] = num_devices // fixed
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f"mesh: {dict(zip(AXES, sizes))} uses {math.prod(sizes)} devices but {num_devices} are present; "
+                     "set one axis to -1 to fill")
+  return tuple(sizes)
+
+
+def make_mesh(mesh_cfg, devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  shape = mesh_shape(mesh_cfg, len(devices))
+  # Auto axes: Explicit ones (jax's default) break einops rearranges of sharded arrays (NOTES.md).
+  return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_divisor(mesh: Mesh) -> int:
+  return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+  """Keep only the mesh axes that divide the dimension they shard (others replicate)."""
+  out = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    names = tuple(n for n in names if n in mesh.shape)
+    size = math.prod(mesh.shape[n] for n in names)
+    out.append((names[0] if len(names) == 1 else names) if names and dim % size == 0 else None)
+  return P(*out)
+
+
+def shardings_for(tree: Any, specs: Any, mesh: Mesh) -> Any:
+  """NamedShardings for a pytree of arrays (or ShapeDtypeStructs) given a matching pytree of PartitionSpecs."""
+  return jax.tree.map(lambda s, x: NamedSharding(mesh, fit_spec(s, np.shape(x), mesh)), specs, tree,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def describe(mesh: Mesh) -> str:
+  return " × ".join(f"{n}={s}" for n, s in mesh.shape.items()) + f" ({mesh.size} devices, {jax.process_count()} processes)"

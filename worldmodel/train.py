@@ -1,0 +1,42 @@
+"""Train any worldmodel objective from an experiment config.
+
+  python -m worldmodel.train --config=experiments/tokenizer.py:tiny --workdir=runs/tok --config.data.dir=DATA
+
+  --config=FILE[:VARIANT]   an experiments/*.py file; VARIANT picks a preset (see the file's docstring)
+  --config.KEY=VALUE        override one key, e.g. --config.batch_size=32 --config.model.quantizer.kind=vq
+  --workdir=DIR             where config.json, checkpoints/, metrics.jsonl and tb/ go
+
+Re-running the same command resumes from the newest checkpoint in DIR. SIGTERM checkpoints and exits 0.
+Multi-host: start one process per host (see launch/); pass --coordinator_address/--num_processes/--process_id
+or let jax.distributed detect SLURM / TPU / GKE.
+"""
+from __future__ import annotations
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from worldmodel import config as config_lib
+from worldmodel.parallel import distributed
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant], e.g. "
+                                          "experiments/tokenizer.py:tiny.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, tb/, config.json.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    config_lib.die(f"unexpected arguments {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
+  distributed.initialize()
+  from worldmodel import trainer  # after distributed init: importing jax-using modules is fine, using devices is not
+  try:
+    result = trainer.train(_CONFIG.value, _WORKDIR.value)
+  except (config_lib.ConfigError, trainer.TrainError, ValueError) as e:
+    config_lib.die(str(e))
+  print(f"done: step {result['step']}; workdir {_WORKDIR.value}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=config_lib.flags_parser)

@@ -1,0 +1,202 @@
+"""The one train loop, for every objective: data → sharded step → logs → checkpoints, resumable and preemptible.
+
+Read top to bottom: checks (before any compile) → runtime (mesh, model, optimizer) → restore or init → loop.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from worldmodel import checkpoint as ckpt_lib
+from worldmodel import config as config_lib
+from worldmodel import runtime as runtime_lib
+from worldmodel.data import pipeline, records
+from worldmodel.parallel import mesh as mesh_lib
+
+
+class TrainError(RuntimeError):
+  """A run that cannot start or continue; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checks that must fail before anything is compiled.
+# ---------------------------------------------------------------------------------------------------------------
+def preflight(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  config_lib.validate(config)
+  objective = runtime_lib.get_objective(config.objective)
+  meta = records.read_meta(config.data.dir)  # raises DatasetError naming the directory
+  records.open_split(config.data.dir, config.data.train_split)  # missing / empty split → clear error
+  objective.check_data(config, meta)
+  if config.batch_size % jax.process_count():
+    raise TrainError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
+  _check_workdir(config, workdir)
+  return meta
+
+
+def _check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """A workdir that holds another model's checkpoints is never overwritten."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = config_lib.model_signature(json.load(f))
+  new = config_lib.model_signature(json.loads(json.dumps(config_lib.to_dict(config))))
+  if old != new:
+    diffs = _diff(old, new)
+    raise TrainError(f"workdir {workdir} holds a different model ({'; '.join(diffs[:6])}). Use a new --workdir, "
+                     "or the same model config to resume; nothing was changed.")
+
+
+def _diff(a, b, prefix=""):
+  if isinstance(a, dict) and isinstance(b, dict):
+    out = []
+    for k in sorted(set(a) | set(b)):
+      out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+    return out
+  return [] if a == b else [f"{prefix.rstrip('.')}: saved {a!r}, now {b!r}"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Logging: console (process 0), metrics.jsonl, TensorBoard.
+# ---------------------------------------------------------------------------------------------------------------
+class MetricWriter:
+
+  def __init__(self, workdir: str, total_steps: int):
+    self.lead = jax.process_index() == 0
+    self.total = total_steps
+    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.lead else None
+    self.tb = None
+    if self.lead:
+      from tensorboardX import SummaryWriter
+      self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+  def write(self, step: int, scalars: dict, *, steps_per_s: float | None = None) -> None:
+    if not self.lead:
+      return
+    row = {"step": step, **{k: float(v) for k, v in scalars.items()}}
+    self.jsonl.write(json.dumps(row) + "\n")
+    self.jsonl.flush()
+    for k, v in scalars.items():
+      self.tb.add_scalar(k, float(v), step)
+    self.tb.flush()
+    if steps_per_s:
+      eta = (self.total - step) / steps_per_s
+      shown = " | ".join(f"{k} {float(scalars[k]):.4g}" for k in ("loss", "psnr", "grad_norm") if k in scalars)
+      print(f"step {step}/{self.total} | {shown} | {steps_per_s:.2f} steps/s | ETA {_hms(eta)}", flush=True)
+
+  def close(self) -> None:
+    if self.lead:
+      self.jsonl.close()
+      self.tb.close()
+
+
+def _hms(seconds: float) -> str:
+  s = int(seconds)
+  return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def host_scalars(logs: dict) -> dict:
+  """Replicated jit outputs → Python floats; works when arrays span several processes."""
+  return {k: float(np.asarray(v.addressable_data(0) if isinstance(v, jax.Array) else v)) for k, v in logs.items()}
+
+
+class _Preemption:
+  """SIGTERM (preemption notice) → finish the current step, checkpoint, exit 0."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._old)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop.
+# ---------------------------------------------------------------------------------------------------------------
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  meta = preflight(config, workdir)
+  os.makedirs(workdir, exist_ok=True)
+  rt = runtime_lib.build(config)
+  lead = jax.process_index() == 0
+  if lead:
+    config_lib.save_json(config, workdir)
+    print(f"mesh: {mesh_lib.describe(rt.mesh)} | data: {config.data.dir} ({meta.get('source', '?')}) | "
+          f"workdir: {workdir}", flush=True)
+
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+                               async_save=config.checkpoint.async_save)
+  state, start = _restore_or_init(rt, ckpt)
+  if start >= config.total_steps:
+    print(f"nothing to do: checkpoint step {start} >= total_steps {config.total_steps}", flush=True)
+    ckpt.close()
+    return {"step": start}
+
+  data = iter(pipeline.train_dataset(config.data, seed=config.seed, global_batch=config.batch_size,
+                                     start_step=start, num_steps=config.total_steps - start))
+  writer = MetricWriter(workdir, config.total_steps)
+  preempt = _Preemption()
+  cfg_dict = config_lib.to_dict(config)
+  last = {}
+  t_mark, steps_mark, wait_s = time.time(), start, 0.0
+  step = start
+  try:
+    while step < config.total_steps:
+      t0 = time.time()
+      batch = pipeline.to_global(next(data), rt.mesh)
+      wait_s += time.time() - t0
+      state, logs = rt.train_step(state, batch)
+      step += 1
+
+      due_log = step % config.log_every_steps == 0 or step == config.total_steps
+      due_ckpt = step % config.checkpoint.every_steps == 0 or step == config.total_steps or preempt.requested
+      if due_log or due_ckpt:
+        last = host_scalars(logs)
+        _check_finite(last, step)
+      if due_log:
+        now = time.time()
+        rate = (step - steps_mark) / max(now - t_mark, 1e-9)
+        last["data_wait_frac"] = wait_s / max(now - t_mark, 1e-9)
+        writer.write(step, last, steps_per_s=rate)
+        t_mark, steps_mark, wait_s = now, step, 0.0
+      if due_ckpt:
+        ckpt.save(step, state, {"next_step": step, "seed": config.seed, "batch_size": config.batch_size,
+                                "samples_seen": step * config.batch_size}, cfg_dict, force=True)
+      if preempt.requested:
+        print(f"SIGTERM: saved checkpoint at step {step}; exiting", flush=True)
+        break
+  finally:
+    preempt.restore()
+    ckpt.close()
+    writer.close()
+  return {"step": step, **last}
+
+
+def _restore_or_init(rt: runtime_lib.Runtime, ckpt: ckpt_lib.Checkpointer):
+  if ckpt.steps():
+    step, state, data_state = ckpt.restore(rt.abstract_state)
+    if data_state.get("batch_size") not in (None, rt.config.batch_size):
+      raise TrainError(f"checkpoint step {step} was trained with batch_size {data_state['batch_size']}, "
+                       f"now {rt.config.batch_size}: the data order would not continue")
+    print(f"resumed from checkpoint step {step}", flush=True)
+    return state, step
+  return rt.init_fn(), 0
+
+
+def _check_finite(logs: dict, step: int) -> None:
+  bad = [k for k, v in logs.items() if not math.isfinite(v)]
+  if bad:
+    raise TrainError(f"non-finite {', '.join(bad)} at step {step}; stopping without saving (the last good "
+                     "checkpoint is intact)")
