@@ -1,0 +1,193 @@
+"""Generate an episode dataset (TFDS/ArrayRecord) for world-model training.
+
+Example:
+  python -m worldmodel.data.generate --source=bouncing --out=data/generated/bouncing64 \\
+      --episodes=500 --frames=32 --size=64 --seed=0
+
+The output directory opens with `tfds.builder_from_directory(OUT)` and with
+`worldmodel.data.records.open_split(OUT, "train")`. Episode i (0-based, over
+all splits) is generated from seed (--seed, i); train takes the first indices,
+then val, then test, so splits never share an episode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from typing import Callable, Iterator
+
+import numpy as np
+from absl import app, flags, logging
+
+from worldmodel.data import records
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("source", "bouncing",
+                    "Where episodes come from. One of the registered sources, optionally with an "
+                    "argument after ':' (e.g. 'bouncing'). An unknown name lists the known ones.")
+flags.DEFINE_string("out", None, "Output dataset directory (created; must be empty or absent "
+                    "unless --overwrite).")
+flags.DEFINE_integer("episodes", 100, "Total number of episodes, over all splits.", lower_bound=1)
+flags.DEFINE_integer("frames", 32, "Frames per episode (T).", lower_bound=2)
+flags.DEFINE_integer("size", 64, "Frame height and width in pixels.", lower_bound=8)
+flags.DEFINE_integer("seed", 0, "Base seed; episode i uses SeedSequence([seed, i]).")
+flags.DEFINE_integer("num_balls", 3, "bouncing: number of passive balls besides the agent.",
+                     lower_bound=0)
+flags.DEFINE_float("val_fraction", 0.1, "Fraction of episodes for the 'val' split "
+                   "(at least 1 episode when --episodes >= 3).")
+flags.DEFINE_float("test_fraction", 0.1, "Fraction of episodes for the 'test' split "
+                   "(at least 1 episode when --episodes >= 3).")
+flags.DEFINE_bool("overwrite", False, "Replace OUT if it already holds files.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """What every source gets: the common flags (plus source-specific ones)."""
+    frames: int
+    size: int
+    num_balls: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """make_episode(seed) -> episode dict (video uint8 [T,H,W,3], optional action/state/reward)."""
+    make_episode: Callable[[int], dict]
+    meta: dict
+
+
+def _bouncing(arg: str, cfg: Config) -> Source:
+    from worldmodel.data.sources import bouncing
+    if arg:
+        raise ValueError(f"source 'bouncing' takes no ':' argument (got {arg!r})")
+
+    def make_episode(seed: int) -> dict:
+        return bouncing.generate_episode(seed, cfg.frames, cfg.size, cfg.num_balls)
+    return Source(make_episode, {"state_groups": bouncing.state_groups(cfg.num_balls),
+                                 "num_balls": cfg.num_balls})
+
+
+# name -> factory(arg after ':', Config) -> Source. Add dmc:DOMAIN-TASK, video:GLOB here.
+SOURCES: dict[str, Callable[[str, Config], Source]] = {"bouncing": _bouncing}
+
+
+class UserError(Exception):
+    """A mistake in the command line: printed as one message, no traceback."""
+
+
+def split_counts(n: int, val_fraction: float, test_fraction: float) -> dict[str, int]:
+    """Episodes per split; val and test get >= 1 each when n >= 3, train keeps >= 1."""
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1):
+        raise UserError("--val_fraction and --test_fraction must be in [0, 1)")
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    if n >= 3:
+        n_val, n_test = max(1, n_val), max(1, n_test)
+    if n - n_val - n_test < 1:
+        raise UserError(f"--val_fraction + --test_fraction leave no training episodes out of {n}")
+    return {"train": n - n_val - n_test, "val": n_val, "test": n_test}
+
+
+def episode_seed(seed: int, index: int) -> int:
+    """Independent per-episode seed from (base seed, global episode index)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0])
+
+
+def make_source(spec: str, cfg: Config) -> Source:
+    name, _, arg = spec.partition(":")
+    if name not in SOURCES:
+        raise UserError(f"unknown --source={spec!r}; known sources: {sorted(SOURCES)}")
+    try:
+        return SOURCES[name](arg, cfg)
+    except ValueError as e:
+        raise UserError(f"--source={spec!r}: {e}") from None
+
+
+class Progress:
+    """Prints 'done/total episodes, episodes/s' at most every ~2 s (and at the end)."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.start, self.last = total, 0, time.time(), 0.0
+
+    def tick(self) -> None:
+        self.done += 1
+        now = time.time()
+        if now - self.last >= 2.0 or self.done == self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            print(f"  {self.done}/{self.total} episodes  {rate:.1f} episodes/s", flush=True)
+
+
+def _episodes(source: Source, seed: int, indices: range, progress: Progress) -> Iterator[dict]:
+    for i in indices:
+        episode = source.make_episode(episode_seed(seed, i))
+        progress.tick()
+        yield {**episode, "episode_id": np.int64(i)}
+
+
+def _prepare_out(out: str, overwrite: bool) -> str:
+    """Checks OUT and returns a fresh temp dir beside it (same filesystem, so rename is atomic)."""
+    out = os.path.abspath(out)
+    if os.path.isfile(out):
+        raise UserError(f"--out={out} is a file, not a directory")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise UserError(f"--out={out} is not empty; pass --overwrite to replace it")
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the dataset should not be
+    return tmp
+
+
+def generate(source_spec: str, out: str, episodes: int, cfg: Config, seed: int,
+             val_fraction: float = 0.1, test_fraction: float = 0.1,
+             overwrite: bool = False) -> dict[str, int]:
+    """Generates and writes the dataset; returns episodes per split."""
+    source = make_source(source_spec, cfg)
+    counts = split_counts(episodes, val_fraction, test_fraction)
+    tmp = _prepare_out(out, overwrite)
+    progress = Progress(episodes)
+    splits, start = {}, 0
+    for name, n in counts.items():
+        splits[name] = _episodes(source, seed, range(start, start + n), progress)
+        start += n
+    meta = {"source": source_spec, "frames": cfg.frames, "size": cfg.size, "seed": seed,
+            **source.meta}
+    try:
+        records.write_dataset(tmp, splits, meta)
+        out = os.path.abspath(out)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return counts
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # TFDS logs temp paths at INFO
+    cfg = Config(frames=FLAGS.frames, size=FLAGS.size, num_balls=FLAGS.num_balls)
+    start = time.time()
+    try:
+        counts = generate(FLAGS.source, FLAGS.out, FLAGS.episodes, cfg, FLAGS.seed,
+                          FLAGS.val_fraction, FLAGS.test_fraction, FLAGS.overwrite)
+    except (UserError, records.DatasetError) as e:
+        if e.__cause__ is not None:  # e.g. a bug inside a source: keep its traceback
+            traceback.print_exception(e.__cause__)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    per_split = ", ".join(f"{k} {v}" for k, v in counts.items())
+    print(f"wrote {sum(counts.values())} episodes ({per_split}) x {cfg.frames} frames "
+          f"of {cfg.size}x{cfg.size} in {time.time() - start:.1f} s -> {os.path.abspath(FLAGS.out)}")
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("out")
+    app.run(main)

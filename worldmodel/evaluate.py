@@ -1,0 +1,126 @@
+"""Evaluate a checkpoint on held-out video.
+
+  python -m worldmodel.evaluate --workdir=runs/tok --split=test
+
+Reads DIR/config.json, restores the newest checkpoint (or --step), runs the objective's evaluator over the whole split
+and writes DIR/eval/<step>/metrics.json plus media (GIF truth | reconstruction, PNG plots) and TensorBoard scalars
+under DIR/tb/eval_<split>/. --data points at another dataset directory (same frame size) than the one trained on.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import app, flags, logging
+import jax
+import numpy as np
+
+from worldmodel import config as config_lib
+from worldmodel.parallel import distributed
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A worldmodel workdir (holds config.json and checkpoints/).")
+_SPLIT = flags.DEFINE_string("split", "test", "Dataset split to evaluate: train, val or test.")
+_DATA = flags.DEFINE_string("data", None, "Dataset directory; default: the one the run trained on.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest readable one.")
+_OUT = flags.DEFINE_string("out", None, "Output directory; default: WORKDIR/eval/<step>.")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Eval batch size; default: config.eval.batch_size.")
+_MAX_CLIPS = flags.DEFINE_integer("max_clips", None, "Evaluate at most this many clips (default: the whole split).")
+flags.mark_flag_as_required("workdir")
+
+
+def evaluate(workdir: str, *, split: str = "test", data_dir: str | None = None, step: int | None = None,
+             out_dir: str | None = None, batch_size: int | None = None, max_clips: int | None = None) -> dict:
+  from worldmodel import checkpoint as ckpt_lib
+  from worldmodel import runtime as runtime_lib
+  from worldmodel.data import pipeline, records
+  from worldmodel.parallel import mesh as mesh_lib
+
+  config = config_lib.load_workdir_config(workdir)
+  if data_dir:
+    config.data.dir = data_dir
+  try:
+    mesh = mesh_lib.make_mesh(config.mesh)
+  except ValueError:  # trained on another device count: evaluate data-parallel on what is here
+    mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  rt = runtime_lib.build(config, mesh)
+  rt.objective.check_data(config, records.read_meta(config.data.dir))
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+  step, state, _ = ckpt.restore(rt.abstract_state, step)
+  ckpt.close()
+
+  bs = batch_size or config.eval.batch_size
+  bs = -(-bs // rt.mesh.size) * rt.mesh.size  # whole batches per device
+  limit = max_clips if max_clips is not None else (config.eval.max_clips or None)
+  batches, num_clips = pipeline.eval_batches(config.data, split, bs, limit)
+  evaluator = rt.objective.Evaluator(rt.model(state), config, num_media=config.eval.num_media)
+  lead = jax.process_index() == 0
+  t0, n_batches = time.time(), -(-num_clips // bs)
+  for i, batch in enumerate(batches):
+    out = rt.eval_step(state, pipeline.to_global(_local_slice(batch), rt.mesh))
+    evaluator.update(batch, _gather(out))
+    if lead:
+      print(f"\reval {split}: batch {i + 1}/{n_batches} ({time.time() - t0:.0f}s)", end="", flush=True)
+  if lead:
+    print(flush=True)
+
+  out_dir = out_dir or os.path.join(workdir, "eval", str(step))
+  result = {"step": step, "split": split, "data": config.data.dir,
+            **evaluator.finish(out_dir, num_clips)} if lead else {}
+  if lead:
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+      json.dump(result, f, indent=2)
+    _tensorboard(workdir, split, step, result)
+    _print_table(result, out_dir)
+  return result
+
+
+def _local_slice(batch: dict) -> dict:
+  """Every process reads the same eval batch; each feeds its own contiguous slice to the global array."""
+  n, p = jax.process_count(), jax.process_index()
+  return {k: np.asarray(v)[p * (len(v) // n):(p + 1) * (len(v) // n)] for k, v in batch.items()}
+
+
+def _gather(out: dict) -> dict:
+  if jax.process_count() == 1:
+    return jax.device_get(out)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(out, tiled=True)
+
+
+def _tensorboard(workdir: str, split: str, step: int, result: dict) -> None:
+  from tensorboardX import SummaryWriter
+  with SummaryWriter(os.path.join(workdir, "tb", f"eval_{split}")) as tb:
+    for k, v in result.items():
+      if isinstance(v, (int, float)) and not isinstance(v, bool):
+        tb.add_scalar(k, v, step)
+
+
+def _print_table(result: dict, out_dir: str) -> None:
+  scalars = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+  width = max(map(len, scalars))
+  print(f"{'metric':<{width}}  value")
+  for k, v in scalars.items():
+    print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+  print(f"wrote {os.path.join(out_dir, 'metrics.json')}")
+  for name, path in result.get("media", {}).items():
+    print(f"  {name}: {path}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    config_lib.die(f"unexpected arguments {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  distributed.initialize()
+  from worldmodel.checkpoint import CheckpointError
+  from worldmodel.data.records import DatasetError
+  try:
+    evaluate(_WORKDIR.value, split=_SPLIT.value, data_dir=_DATA.value, step=_STEP.value, out_dir=_OUT.value,
+             batch_size=_BATCH.value, max_clips=_MAX_CLIPS.value)
+  except (config_lib.ConfigError, CheckpointError, DatasetError, ValueError) as e:
+    config_lib.die(str(e))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=config_lib.flags_parser)
