@@ -180,3 +180,16 @@ def test_vq_jit_grad_over_params_with_state_as_aux():
   nnx.update(model, cb_state)
   np.testing.assert_array_equal(model.vq.codebook[...], cb_state["vq"]["codebook"][...])
   assert not np.allclose(model.vq.codebook[...], _Tok(nnx.Rngs(0)).vq.codebook[...])
+
+
+def test_batch_usage_metrics_match_a_histogram_without_materialising_the_codebook():
+  from worldmodel.models.quantizers import _usage_metrics
+  idx = np.array([3, 3, 7, 1, 7, 7, 0, 3], np.int32)
+  m = _usage_metrics(jnp.asarray(idx), 10, "x")
+  p = np.bincount(idx) / len(idx)
+  p = p[p > 0]
+  np.testing.assert_allclose(float(m["x/perplexity"]), np.exp(-(p * np.log(p)).sum()), rtol=1e-5)
+  np.testing.assert_allclose(float(m["x/codebook_usage_batch"]), 4 / 10)
+  # a codebook far larger than int32 bincount could hold is fine
+  big = _usage_metrics(jnp.asarray(idx), 15 ** 8, "x")
+  assert float(big["x/codebook_usage_batch"]) > 0

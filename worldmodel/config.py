@@ -43,8 +43,12 @@ def flags_parser(argv: Sequence[str]) -> list[str]:
 
 
 def _explain(msg: str) -> str:
-  # absl wraps config errors as 'flag --config.batch_size=abc: invalid literal ...': keep the key visible.
-  return f"bad flag: {msg}"
+  # absl wraps config errors as 'flag --config.batch_size=abc: invalid literal ...': keep the flag visible.
+  # config_flags embeds the config file's own traceback: keep only its first line (the flag) and the final error.
+  lines = [l for l in msg.splitlines() if l.strip()]
+  if any(l.startswith("Traceback") for l in lines):
+    lines = [lines[0].split(": Error whilst")[0], lines[-1].strip()]
+  return "bad flag: " + ": ".join(lines)
 
 
 def check_required(config: ml_collections.ConfigDict) -> None:

@@ -32,6 +32,7 @@ class TrainError(RuntimeError):
 def preflight(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_lib.validate(config)
   objective = runtime_lib.get_objective(config.objective)
+  objective.check_config(config)
   meta = records.read_meta(config.data.dir)  # raises DatasetError naming the directory
   records.open_split(config.data.dir, config.data.train_split)  # missing / empty split → clear error
   objective.check_data(config, meta)

@@ -28,12 +28,20 @@ class CodebookState(nnx.Variable):
 
 
 def _usage_metrics(idx_N: jax.Array, num_codes: int, prefix: str) -> dict:
-  """Fraction of codes hit by this batch and perplexity of the batch code histogram."""
-  counts_K = jnp.bincount(idx_N, length=num_codes).astype(jnp.float32)
-  p_K = counts_K / idx_N.shape[0]
-  entropy = -jnp.sum(jnp.where(p_K > 0, p_K * jnp.log(jnp.maximum(p_K, 1e-30)), 0.0))
+  """Fraction of codes hit by this batch and perplexity of the batch code histogram.
+
+  Counted from the sorted indices (run lengths), so the cost scales with the batch, not the codebook: FSQ
+  codebooks with many levels can have millions of codes.
+  """
+  n = idx_N.shape[0]
+  sorted_N = jnp.sort(idx_N)
+  is_new_N = jnp.concatenate([jnp.ones((1,), bool), sorted_N[1:] != sorted_N[:-1]])
+  run_N = jnp.cumsum(is_new_N) - 1
+  counts_N = jax.ops.segment_sum(jnp.ones((n,), jnp.float32), run_N, num_segments=n)  # trailing zeros unused
+  p_N = counts_N / n
+  entropy = -jnp.sum(jnp.where(p_N > 0, p_N * jnp.log(jnp.maximum(p_N, 1e-30)), 0.0))
   return {
-    f"{prefix}/codebook_usage_batch": jnp.mean(counts_K > 0),
+    f"{prefix}/codebook_usage_batch": jnp.sum(is_new_N).astype(jnp.float32) / float(num_codes),
     f"{prefix}/perplexity": jnp.exp(entropy),
   }
 

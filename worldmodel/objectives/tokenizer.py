@@ -21,6 +21,31 @@ def create_model(config: ml_collections.ConfigDict, rngs) -> VideoTokenizer:
   return VideoTokenizer(config.model, rngs=rngs)
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Shape-like keys are checked here: absl accepts any string for a tuple-valued key."""
+  m = config.model
+  _ints("model.tubelet", m.tubelet, length=3, minimum=1)
+  if m.quantizer.kind == "fsq":
+    _ints("model.quantizer.levels", m.quantizer.levels, minimum=2)
+  elif m.quantizer.kind != "vq":
+    raise ValueError(f"config key 'model.quantizer.kind' must be 'fsq' or 'vq', got {m.quantizer.kind!r}")
+  for key in ("frames", "size", "width", "heads", "enc_depth", "dec_depth"):
+    _ints(f"model.{key}", (m[key],), minimum=1)
+  if m.width % m.heads:
+    raise ValueError(f"config key 'model.width' ({m.width}) must be divisible by 'model.heads' ({m.heads})")
+  for key, n in (("frames", 0), ("size", 1), ("size", 2)):
+    if m[key] % m.tubelet[n]:
+      raise ValueError(f"config key 'model.{key}' ({m[key]}) is not divisible by model.tubelet[{n}] "
+                       f"({m.tubelet[n]})")
+
+
+def _ints(key: str, value, *, length: int | None = None, minimum: int = 1) -> None:
+  ok = isinstance(value, (tuple, list)) and all(isinstance(v, int) and v >= minimum for v in value)
+  if not ok or (length is not None and len(value) != length):
+    want = f"{length} " if length else ""
+    raise ValueError(f"config key {key!r} must be {want}integers >= {minimum}, got {value!r}")
+
+
 def check_data(config: ml_collections.ConfigDict, meta: dict) -> None:
   """Frames of the wrong size for the model fail here, before anything is compiled."""
   size = meta.get("size")

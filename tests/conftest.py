@@ -1,0 +1,34 @@
+"""Shared fixtures: a small embedded dataset generated once per test session, and the CLI runner."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_dataset(out: str, episodes: int = 24, frames: int = 16, size: int = 32) -> str:
+  from worldmodel.data import records
+  from worldmodel.data.sources import bouncing
+  def eps(lo, hi):
+    for i in range(lo, hi):
+      yield {**bouncing.generate_episode(i, frames, size), "episode_id": np.int64(i)}
+  n_eval = max(1, episodes // 8)
+  records.write_dataset(out, {"train": eps(0, episodes - 2 * n_eval), "val": eps(episodes - 2 * n_eval, episodes - n_eval),
+                              "test": eps(episodes - n_eval, episodes)},
+                        {"source": "bouncing", "frames": frames, "size": size, "seed": 0})
+  return out
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> str:
+  return make_dataset(str(tmp_path_factory.mktemp("data") / "bouncing"))
+
+
+def run_cli(module: str, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+  full_env = {**os.environ, **(env or {})}
+  full_env.pop("XLA_FLAGS", None)
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=timeout, env=full_env)

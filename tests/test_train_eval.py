@@ -1,0 +1,121 @@
+"""End to end: train → checkpoint → resume → evaluate, through the public CLIs and the trainer API."""
+import json
+import os
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import make_dataset, run_cli
+
+TINY = "experiments/tokenizer.py:tiny"
+
+
+def _train(workdir, data, *extra, timeout=300):
+  return run_cli("worldmodel.train", f"--config={TINY}", f"--workdir={workdir}", f"--config.data.dir={data}", *extra,
+                 timeout=timeout)
+
+
+def _leaves(workdir, step):
+  state = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+  out = {}
+  def walk(x, k):
+    if isinstance(x, dict):
+      for kk, v in x.items():
+        walk(v, f"{k}/{kk}")
+    elif isinstance(x, (list, tuple)):
+      for i, v in enumerate(x):
+        walk(v, f"{k}/{i}")
+    else:
+      out[k] = np.asarray(x)
+  walk(state, "")
+  return out
+
+
+def _losses(workdir):
+  return {r["step"]: r["loss"] for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))}
+
+
+@pytest.mark.slow
+def test_train_resume_is_bit_exact_and_evaluate_writes_results(tmp_path, dataset):
+  a, b = tmp_path / "a", tmp_path / "b"
+  common = ("--config.total_steps=20", "--config.log_every_steps=1", "--config.checkpoint.every_steps=10")
+  r = _train(a, dataset, *common)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "step 20/20" in r.stdout and "steps/s" in r.stdout and "ETA" in r.stdout
+  r = _train(b, dataset, "--config.total_steps=10", "--config.log_every_steps=1", "--config.checkpoint.every_steps=10")
+  assert r.returncode == 0, r.stderr[-3000:]
+  r = _train(b, dataset, *common)  # the same command again resumes
+  assert r.returncode == 0 and "resumed from checkpoint step 10" in r.stdout, r.stdout + r.stderr[-3000:]
+
+  la, lb = _leaves(a, 20), _leaves(b, 20)
+  assert la.keys() == lb.keys() and len(la) > 20
+  for k in la:
+    np.testing.assert_array_equal(la[k], lb[k], err_msg=k)
+  losses_a, losses_b = _losses(a), _losses(b)
+  assert [losses_a[s] for s in range(11, 21)] == [losses_b[s] for s in range(11, 21)]
+  assert losses_a[20] < losses_a[1]  # it learns
+
+  for path in ("config.json", "metrics.jsonl"):
+    assert (a / path).exists()
+  assert any((a / "tb").iterdir())
+
+  r = run_cli("worldmodel.evaluate", f"--workdir={a}", "--split=test")
+  assert r.returncode == 0, r.stderr[-3000:]
+  m = json.load(open(a / "eval" / "20" / "metrics.json"))
+  for key in ("psnr", "ssim", "mse", "codebook_usage", "perplexity", "bits_per_pixel"):
+    assert np.isfinite(m[key]), key
+  assert 0 < m["codebook_usage"] <= 1 and m["num_clips"] == 3 * 4  # 3 test episodes x 4 windows of 4 frames
+  assert len(m["psnr_per_frame"]) == 4
+  assert (a / "eval" / "20" / "truth_vs_recon.gif").stat().st_size > 1000
+  assert (a / "eval" / "20" / "psnr_per_frame.png").read_bytes()[:4] == b"\x89PNG"
+  assert "psnr" in r.stdout
+
+
+@pytest.mark.slow
+def test_vq_tokenizer_trains_on_a_data_parallel_mesh(tmp_path, dataset):
+  r = run_cli("worldmodel.train", f"--config={TINY},vq", f"--workdir={tmp_path / 'w'}", f"--config.data.dir={dataset}",
+              "--config.total_steps=6", "--config.log_every_steps=3", "--cpu_devices=4", "--config.mesh.fsdp=2")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "data=2 × fsdp=2 × tensor=1 (4 devices" in r.stdout
+  rows = [json.loads(l) for l in open(tmp_path / "w" / "metrics.jsonl")]
+  assert "vq/commit_loss" in rows[-1] and np.isfinite(rows[-1]["loss"])
+
+
+def test_bad_configs_fail_fast_naming_the_cause(tmp_path, dataset):
+  cases = {
+      "no_such_key": ("--config.no_such_key=1",),
+      "batch_size": ("--config.batch_size=abc",),
+      str(tmp_path / "nowhere"): (f"--config.data.dir={tmp_path / 'nowhere'}",),
+      "nosuchvariant": ("--config=experiments/tokenizer.py:nosuchvariant",),
+      "total_steps": ("--config.total_steps=0",),
+      "model.quantizer.levels": ("--config.model.quantizer.levels=abc",),
+  }
+  for word, args in cases.items():
+    r = _train(tmp_path / "w", dataset, *args, timeout=60)
+    assert r.returncode != 0, word
+    assert word in r.stderr + r.stdout, (word, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr, (word, r.stderr[-2000:])
+  assert not (tmp_path / "w").exists()  # nothing created for a bad config
+
+
+def test_frames_of_the_wrong_size_are_rejected(tmp_path):
+  data = make_dataset(str(tmp_path / "d16"), episodes=8, frames=8, size=16)
+  r = _train(tmp_path / "w", data)
+  assert r.returncode != 0 and "16x16" in r.stderr and "model.size" in r.stderr, r.stderr[-2000:]
+
+
+def test_empty_dataset_dir_is_a_clear_error(tmp_path):
+  (tmp_path / "empty").mkdir()
+  r = _train(tmp_path / "w", tmp_path / "empty")
+  assert r.returncode != 0 and str(tmp_path / "empty") in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_workdir_of_another_model_is_refused_and_kept(tmp_path, dataset):
+  w = tmp_path / "w"
+  assert _train(w, dataset, "--config.total_steps=2").returncode == 0
+  before = sorted(os.listdir(w / "checkpoints")), (w / "config.json").read_text()
+  r = _train(w, dataset, "--config.total_steps=4", "--config.model.width=64")
+  assert r.returncode != 0 and "different model" in r.stderr and "model.width" in r.stderr, r.stderr[-2000:]
+  assert (sorted(os.listdir(w / "checkpoints")), (w / "config.json").read_text()) == before

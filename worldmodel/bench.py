@@ -1,0 +1,130 @@
+"""Benchmark the train step of an experiment config on this machine.
+
+  python -m worldmodel.bench --config=experiments/tokenizer.py:small --steps=10 [--config.data.dir=DATA]
+
+Without --config.data.dir a small embedded dataset of the config's frame size is generated in a temp folder, so the
+loader is part of the measurement. Prints progress, then one JSON line last:
+  step_time_s (median), clips_per_s, flops_per_step (XLA cost analysis of the compiled step), peak_flops_per_s
+  (an f32 matmul measured in this process), mfu, data_wait_frac, compile_s, ...
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+from absl import app, flags, logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from worldmodel import config as config_lib
+from worldmodel.parallel import distributed
+
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].", lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step that compiles).")
+_MATMUL = flags.DEFINE_integer("matmul_size", 2048, "Side of the square f32 matmul used to measure peak FLOP/s.")
+flags.mark_flags_as_required(["config"])
+
+
+def measure_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+  """FLOP/s of a jitted n×n f32 matmul: the practical peak MFU is measured against."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  return 2 * n ** 3 / float(np.median(times))
+
+
+def compiled_flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan")))
+
+
+def bench(config, steps: int, matmul_size: int = 2048) -> dict:
+  from worldmodel import runtime as runtime_lib
+  from worldmodel.data import pipeline
+
+  tmp = None
+  if not config.data.dir:
+    tmp = tempfile.mkdtemp(prefix="wm-bench-")
+    _make_data(tmp, config)
+    config.data.dir = tmp
+  rt = runtime_lib.build(config)
+  state = rt.init_fn()
+  data = iter(pipeline.train_dataset(config.data, seed=config.seed, global_batch=config.batch_size, start_step=0,
+                                     num_steps=steps + 1))
+  first = pipeline.to_global(next(data), rt.mesh)
+  t0 = time.perf_counter()
+  step_fn = rt.train_step.lower(state, first).compile()
+  flops = compiled_flops(step_fn)
+  state, logs = step_fn(state, first)
+  jax.block_until_ready(logs)
+  compile_s = time.perf_counter() - t0
+
+  step_times, waits = [], []
+  for i in range(steps):
+    t0 = time.perf_counter()
+    batch = pipeline.to_global(next(data), rt.mesh)
+    t1 = time.perf_counter()
+    state, logs = step_fn(state, batch)
+    jax.block_until_ready(logs)
+    t2 = time.perf_counter()
+    waits.append(t1 - t0)
+    step_times.append(t2 - t0)
+    print(f"step {i + 1}/{steps}: {t2 - t0:.3f}s (data {t1 - t0:.3f}s)", flush=True)
+  peak = measure_matmul_peak(matmul_size)
+  step_time = float(np.median(step_times))
+  result = {
+      "config": config.model.get("name", config.objective), "batch_size": config.batch_size,
+      "devices": jax.device_count(), "step_time_s": step_time,
+      "step_time_min_s": float(np.min(step_times)), "clips_per_s": config.batch_size / step_time,
+      "flops_per_step": flops, "achieved_flops_per_s": flops / step_time, "peak_flops_per_s": peak,
+      "mfu": flops / step_time / peak, "data_wait_frac": float(np.sum(waits) / np.sum(step_times)),
+      "compile_s": compile_s, "steps": steps, "backend": jax.default_backend(),
+  }
+  if tmp:
+    import shutil
+    shutil.rmtree(tmp, ignore_errors=True)
+  return result
+
+
+def _make_data(out: str, config) -> None:
+  from worldmodel.data import records
+  from worldmodel.data.sources import bouncing
+  frames = max(32, (config.data.num_frames - 1) * config.data.frame_stride + 1)
+  size = config.model.get("size", 64)
+  def episodes(lo, hi):
+    for i in range(lo, hi):
+      yield {**bouncing.generate_episode(i, frames, size), "episode_id": np.int64(i)}
+  os.rmdir(out)
+  records.write_dataset(out, {"train": episodes(0, 64), "val": episodes(64, 66), "test": episodes(66, 68)},
+                        {"source": "bouncing", "frames": frames, "size": size, "seed": 0})
+
+
+def main(argv):
+  if len(argv) > 1:
+    config_lib.die(f"unexpected arguments {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  distributed.initialize()
+  config = _CONFIG.value
+  try:
+    config_lib.validate(config) if config.data.dir else None
+  except config_lib.ConfigError as e:
+    config_lib.die(str(e))
+  with config.unlocked():
+    result = bench(config, _STEPS.value, _MATMUL.value)
+  print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=config_lib.flags_parser)
