@@ -47,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 8
     c.log_every_steps = 5
     c.data.num_frames = c.model.frames = 4
-    c.model.update(size=32, tubelet=(2, 8, 8), width=32, heads=2, enc_depth=1, dec_depth=1)
+    c.model.update(size=64, tubelet=(2, 8, 8), width=32, heads=2, enc_depth=1, dec_depth=1)
     c.optim.update(warmup_steps=5, decay_steps=1000)  # fixed length: 8 + 8 resumed steps == 16 straight
     c.checkpoint.every_steps = 10
     c.eval.update(batch_size=8, num_media=2)

@@ -9,7 +9,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def make_dataset(out: str, episodes: int = 24, frames: int = 16, size: int = 32) -> str:
+def make_dataset(out: str, episodes: int = 24, frames: int = 16, size: int = 64) -> str:
   from worldmodel.data import records
   from worldmodel.data.sources import bouncing
   def eps(lo, hi):

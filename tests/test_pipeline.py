@@ -20,7 +20,7 @@ def _batches(cfg, *, seed=0, global_batch=8, start=0, steps=3, p=0, n=1):
 def test_same_seed_same_batches_other_seed_differs(dataset):
   cfg = _data_cfg(dataset)
   a, b, c = _batches(cfg, seed=1), _batches(cfg, seed=1), _batches(cfg, seed=2)
-  assert len(a) == 3 and a[0]["video"].shape == (8, 4, 32, 32, 3) and a[0]["video"].dtype == np.uint8
+  assert len(a) == 3 and a[0]["video"].shape == (8, 4, 64, 64, 3) and a[0]["video"].dtype == np.uint8
   for x, y in zip(a, b):
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
