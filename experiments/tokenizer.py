@@ -24,19 +24,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.objective = "tokenizer"
   c.seed = 0
-  c.total_steps = 2000
+  c.total_steps = 1500
   c.batch_size = 8
   c.log_every_steps = 100
 
   # Defaults = the quickstart: 4-frame 32x32 clips, 4x4 patches, FSQ [8,5,5,5] (10 bits per 16 pixels).
   # Measured: 27.4 dB held-out PSNR after 1500 steps (5.5 min on 2 CPU cores); see BUILD_NOTES.md.
-  c.data = dict(dir="", train_split="train", eval_split="val", num_frames=4, frame_stride=1,
+  c.data = dict(dir="", train_split="train", num_frames=4, frame_stride=1,
                 read_threads=2, prefetch=4, workers=0)
   c.model = dict(name="tokenizer", frames=4, size=32, tubelet=(1, 4, 4), width=128, heads=4, mlp_ratio=4.0,
                  enc_depth=2, dec_depth=2, dtype="float32", remat="none",
-                 quantizer=dict(kind="fsq", levels=(8, 5, 5, 5), num_codes=1024, code_dim=8,
+                 quantizer=dict(kind="fsq", levels=(8, 5, 5, 5), saturation_penalty=1.0, num_codes=1024, code_dim=8,
                                 commitment=0.25, decay=0.99, restart_threshold=0.01))
-  c.optim = dict(lr=3e-3, warmup_steps=50, decay_steps=-1, final_lr_frac=0.05, weight_decay=1e-4,
+  c.optim = dict(lr=2e-3, warmup_steps=100, decay_steps=-1, final_lr_frac=0.05, weight_decay=1e-4,
                  b1=0.9, b2=0.99, grad_clip=1.0)
   c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
   c.mesh = dict(data=-1, fsdp=1, tensor=1)

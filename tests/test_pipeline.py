@@ -7,7 +7,7 @@ from worldmodel.data import pipeline, records
 
 
 def _data_cfg(data_dir, num_frames=4, stride=2):
-  return ml_collections.ConfigDict(dict(dir=data_dir, train_split="train", eval_split="val", num_frames=num_frames,
+  return ml_collections.ConfigDict(dict(dir=data_dir, train_split="train", num_frames=num_frames,
                                         frame_stride=stride, read_threads=2, prefetch=2, workers=0))
 
 
@@ -48,7 +48,6 @@ def test_resume_position_continues_the_sequence(dataset):
 
 
 def test_every_episode_is_seen_once_per_epoch(dataset):
-  cfg = _data_cfg(dataset)
   n = len(records.open_split(dataset, "train"))
   sampler = pipeline.ClipSampler(records.open_split(dataset, "train"), 0, 4, 2)
   first_epoch = [sampler._perm(0)[g % n] for g in range(n)]

@@ -1,10 +1,8 @@
 """Tests for worldmodel.models.quantizers: straight-through grads, FSQ grid / index maps, VQ EMA state and restarts."""
-import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
 from worldmodel.models.quantizers import FSQ, VQ, CodebookState, QuantOut
@@ -193,3 +191,15 @@ def test_batch_usage_metrics_match_a_histogram_without_materialising_the_codeboo
   # a codebook far larger than int32 bincount could hold is fine
   big = _usage_metrics(jnp.asarray(idx), 15 ** 8, "x")
   assert float(big["x/codebook_usage_batch"]) > 0
+
+
+def test_fsq_saturation_penalty_pulls_frozen_channels_back():
+  z = jnp.array([[0.3, -0.5, 5.0, -4.0]], jnp.float32)
+  plain, penalised = FSQ((8, 5, 5, 5)), FSQ((8, 5, 5, 5), saturation_penalty=1.0)
+  assert float(plain(z).loss) == 0.0
+  out = penalised(z)
+  np.testing.assert_allclose(float(out.loss), (3.0 ** 2 + 2.0 ** 2) / 4, rtol=1e-6)
+  np.testing.assert_allclose(float(out.metrics["fsq/saturated_frac"]), 0.5)
+  g = jax.grad(lambda x: penalised(x).loss)(z)
+  assert float(g[0, 2]) > 0 and float(g[0, 3]) < 0  # descent moves both back towards the responsive range
+  assert float(g[0, 0]) == 0.0 and float(g[0, 1]) == 0.0

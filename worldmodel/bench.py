@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,11 +111,7 @@ def _make_data(out: str, config) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    config_lib.die(f"unexpected arguments {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  distributed.initialize()
+  distributed.start(argv)
   config = _CONFIG.value
   try:
     config_lib.validate(config) if config.data.dir else None

@@ -12,7 +12,7 @@ import json
 import os
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 import jax
 import numpy as np
 
@@ -108,11 +108,7 @@ def _print_table(result: dict, out_dir: str) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    config_lib.die(f"unexpected arguments {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  distributed.initialize()
+  distributed.start(argv)
   from worldmodel.checkpoint import CheckpointError
   from worldmodel.data.records import DatasetError
   try:

@@ -12,7 +12,7 @@ or let jax.distributed detect SLURM / TPU / GKE.
 """
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from worldmodel import config as config_lib
@@ -25,11 +25,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    config_lib.die(f"unexpected arguments {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
-  distributed.initialize()
+  distributed.start(argv)
   from worldmodel import trainer  # after distributed init: importing jax-using modules is fine, using devices is not
   try:
     result = trainer.train(_CONFIG.value, _WORKDIR.value)

@@ -10,7 +10,6 @@ import os
 import signal
 import time
 
-from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -191,7 +190,9 @@ def _restore_or_init(rt: runtime_lib.Runtime, ckpt: ckpt_lib.Checkpointer):
     if data_state.get("batch_size") not in (None, rt.config.batch_size):
       raise TrainError(f"checkpoint step {step} was trained with batch_size {data_state['batch_size']}, "
                        f"now {rt.config.batch_size}: the data order would not continue")
-    print(f"resumed from checkpoint step {step}", flush=True)
+    if data_state.get("next_step", step) != step:
+      raise TrainError(f"checkpoint step {step} holds data position {data_state['next_step']}: inconsistent save")
+    print(f"resumed from checkpoint step {step} (data position: sample {step * rt.config.batch_size})", flush=True)
     return state, step
   return rt.init_fn(), 0
 

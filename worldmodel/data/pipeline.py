@@ -62,13 +62,6 @@ class _Sample:
     return self.sampler(g)
 
 
-def local_batch_size(global_batch: int) -> int:
-  n = jax.process_count()
-  if global_batch % n:
-    raise ValueError(f"batch_size {global_batch} is not divisible by the {n} processes")
-  return global_batch // n
-
-
 def train_dataset(data_cfg, *, seed: int, global_batch: int, start_step: int, num_steps: int,
                   process_index: int | None = None, process_count: int | None = None) -> grain.IterDataset:
   """The per-process iterator for steps [start_step, start_step + num_steps)."""

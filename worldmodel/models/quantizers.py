@@ -53,6 +53,9 @@ def _l2norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
 # ----------------------------------------------------------------------------------------------- FSQ
 
 
+_SATURATED = 2.0  # |pre-tanh input| beyond which tanh' < 0.07: the channel is effectively frozen
+
+
 class FSQ(nnx.Module):
   """Finite Scalar Quantization (Mentzer et al. 2023). Codes lie on a grid in [-1, 1]^D, D = len(levels).
 
@@ -60,8 +63,11 @@ class FSQ(nnx.Module):
   derivative of the tanh bound / half_width: ~1 near 0, vanishing when a channel saturates.
   """
 
-  def __init__(self, levels: Sequence[int] = (8, 5, 5, 5)):
+  def __init__(self, levels: Sequence[int] = (8, 5, 5, 5), saturation_penalty: float = 0.0):
     self.levels = tuple(int(l) for l in levels)  # plain tuple: static, not state
+    # Once a channel sits deep in the tanh's flat tail its gradient vanishes and its code can never change again
+    # (we saw whole runs collapse onto 1-2 codes this way); this penalty pulls such channels back.
+    self.saturation_penalty = float(saturation_penalty)
     if min(self.levels) < 2:
       raise ValueError(f"every level must be >= 2, got {self.levels}")
 
@@ -97,7 +103,10 @@ class FSQ(nnx.Module):
     z_q = (rounded / half_width_D).astype(z_BND.dtype)
     idx = self.codes_to_indices(jax.lax.stop_gradient(z_q))
     metrics = _usage_metrics(idx.reshape(-1), self.num_codes, "fsq")
-    return QuantOut(z_q, idx, jnp.zeros((), jnp.float32), metrics)
+    excess = jax.nn.relu(jnp.abs(z_BND.astype(jnp.float32)) - _SATURATED)
+    metrics["fsq/saturated_frac"] = jnp.mean(excess > 0)
+    loss = self.saturation_penalty * jnp.mean(jnp.square(excess)) if self.saturation_penalty else jnp.zeros(())
+    return QuantOut(z_q, idx, loss, metrics)
 
   def codes_to_indices(self, codes: jax.Array) -> jax.Array:
     """[..., D] grid codes in [-1, 1] -> [...] int32 index in [0, num_codes)."""

@@ -25,7 +25,7 @@ class TokenizerOut(NamedTuple):
 
 def make_quantizer(cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
   if cfg.kind == "fsq":
-    return FSQ(tuple(cfg.levels))
+    return FSQ(tuple(cfg.levels), saturation_penalty=cfg.saturation_penalty)
   if cfg.kind == "vq":
     return VQ(cfg.num_codes, cfg.code_dim, rngs=rngs, commitment=cfg.commitment, decay=cfg.decay,
               restart_threshold=cfg.restart_threshold)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from absl import flags
+from absl import flags, logging
 import jax
 
 _COORD = flags.DEFINE_string("coordinator_address", os.environ.get("WM_COORDINATOR"), "host:port of process 0.")
@@ -19,6 +19,15 @@ _CPU = flags.DEFINE_integer("cpu_devices", int(os.environ.get("WM_CPU_DEVICES", 
                             "Number of fake CPU devices in this process (0: platform default).")
 _TIMEOUT = flags.DEFINE_integer("init_timeout_s", int(os.environ.get("WM_INIT_TIMEOUT", "120")),
                                 "Seconds to wait for all processes before failing.")
+
+
+def start(argv) -> None:
+  """Common prologue of every entry point: no stray arguments, quiet library logs, multi-process start-up."""
+  if len(argv) > 1:
+    raise SystemExit(f"error: unexpected arguments {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax / TFDS log every file they touch at INFO
+  initialize()
 
 
 def initialize() -> None:
