@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 from absl import app, flags
@@ -56,12 +57,14 @@ def evaluate(workdir: str, *, split: str = "test", data_dir: str | None = None, 
   evaluator = rt.objective.Evaluator(rt.model(state), config, num_media=config.eval.num_media)
   lead = jax.process_index() == 0
   t0, n_batches = time.time(), -(-num_clips // bs)
+  tty = sys.stdout.isatty()  # a live progress line on terminals, a few plain lines in logs
   for i, batch in enumerate(batches):
     out = rt.eval_step(state, pipeline.to_global(_local_slice(batch), rt.mesh))
     evaluator.update(batch, _gather(out))
-    if lead:
-      print(f"\reval {split}: batch {i + 1}/{n_batches} ({time.time() - t0:.0f}s)", end="", flush=True)
-  if lead:
+    if lead and (tty or (i + 1) % max(1, n_batches // 10) == 0 or i + 1 == n_batches):
+      line = f"eval {split}: batch {i + 1}/{n_batches} ({time.time() - t0:.0f}s)"
+      print("\r" + line if tty else line, end="" if tty else "\n", flush=True)
+  if lead and tty:
     print(flush=True)
 
   out_dir = out_dir or os.path.join(workdir, "eval", str(step))
