@@ -1,4 +1,5 @@
 # Two commands do all set-up on a fresh machine: `make quickstart` and `make test`. Both build .venv first.
+# `make test` also installs the dm_control extra (and headless GL from apt) so its tests run, not skip.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,13 +8,12 @@ QS_DIR ?= runs/quickstart
 QS_DATA ?= $(QS_DIR)/data
 QS_WORK ?= $(QS_DIR)/tokenizer
 
-.PHONY: install quickstart test bench clean
+.PHONY: install install-dmc quickstart test bench clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
@@ -28,8 +28,21 @@ quickstart: install
 	$(PY) -m worldmodel.evaluate --workdir=$(QS_WORK) --split=test
 	@echo "Results: $(QS_WORK)/eval/<step>/metrics.json, truth_vs_recon.gif, psnr_per_frame.png; TensorBoard: $(QS_WORK)/tb"
 
-test: install
+test: install-dmc
 	$(PY) -m pytest -q tests
+
+# dm_control source: headless GL libraries (EGL, OSMesa fallback) from apt when missing, then the extra.
+DMC_APT := libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libosmesa6
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DMC_STAMP := $(VENV)/.installed-dmc
+install-dmc: $(DMC_STAMP)
+
+$(DMC_STAMP): $(STAMP)
+	if ldconfig -p | grep -q libEGL.so.1 && ldconfig -p | grep -q libEGL_mesa.so.0 \
+	    && ldconfig -p | grep -q libOSMesa.so; then echo "headless GL libraries present"; \
+	else $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(DMC_APT); fi
+	$(PY) -m pip install -q -e ".[test,dmc]"
+	touch $(DMC_STAMP)
 
 bench: install
 	$(PY) -m worldmodel.bench --config=experiments/tokenizer.py:small --steps=10
