@@ -40,7 +40,7 @@ install-dmc: $(DMC_STAMP)
 $(DMC_STAMP): $(STAMP)
 	if ldconfig -p | grep -q libEGL.so.1 && ldconfig -p | grep -q libEGL_mesa.so.0 \
 	    && ldconfig -p | grep -q libOSMesa.so; then echo "headless GL libraries present"; \
-	else $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $(DMC_APT); fi
+	else $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DMC_APT); fi
 	$(PY) -m pip install -q -e ".[test,dmc]"
 	touch $(DMC_STAMP)
 
