@@ -30,7 +30,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Defaults = the quickstart: 4-frame 32x32 clips, 4x4 patches, FSQ [8,5,5,5] (10 bits per 16 pixels).
   # Measured: 27.4 dB held-out PSNR after 1500 steps (5.5 min on 2 CPU cores); see BUILD_NOTES.md.
-  c.data = dict(dir="", train_split="train", num_frames=4, frame_stride=1,
+  # data.dir: one dataset, or a comma-separated mixture sampled by data.weights (default: equal).
+  # data.features maps our names to a foreign TFDS dataset's features (RLDS: video=steps/observation/image).
+  # data.resize: centre-crop + area-resize frames to this size (0: use the dataset's size).
+  c.data = dict(dir="", train_split="train", num_frames=4, frame_stride=1, resize=0, weights=(),
+                features=dict(video="", action="", state="", reward=""),
                 read_threads=2, prefetch=4, workers=0)
   c.model = dict(name="tokenizer", frames=4, size=32, tubelet=(1, 4, 4), width=128, heads=4, mlp_ratio=4.0,
                  enc_depth=2, dec_depth=2, dtype="float32", remat="none",

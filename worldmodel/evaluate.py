@@ -34,7 +34,7 @@ def evaluate(workdir: str, *, split: str = "test", data_dir: str | None = None, 
              out_dir: str | None = None, batch_size: int | None = None, max_clips: int | None = None) -> dict:
   from worldmodel import checkpoint as ckpt_lib
   from worldmodel import runtime as runtime_lib
-  from worldmodel.data import pipeline, records
+  from worldmodel.data import pipeline
   from worldmodel.parallel import mesh as mesh_lib
 
   config = config_lib.load_workdir_config(workdir)
@@ -45,7 +45,7 @@ def evaluate(workdir: str, *, split: str = "test", data_dir: str | None = None, 
   except ValueError:  # trained on another device count: evaluate data-parallel on what is here
     mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
   rt = runtime_lib.build(config, mesh)
-  rt.objective.check_data(config, records.read_meta(config.data.dir))
+  rt.objective.check_data(config, pipeline.frame_size(config.data))
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
   step, state, _ = ckpt.restore(rt.abstract_state, step)
   ckpt.close()

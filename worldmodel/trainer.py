@@ -32,9 +32,10 @@ def preflight(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_lib.validate(config)
   objective = runtime_lib.get_objective(config.objective)
   objective.check_config(config)
-  meta = records.read_meta(config.data.dir)  # raises DatasetError naming the directory
-  records.open_split(config.data.dir, config.data.train_split)  # missing / empty split → clear error
-  objective.check_data(config, meta)
+  meta = records.read_meta(pipeline.data_dirs(config.data)[0], pipeline.feature_map(config.data))
+  sources = pipeline.open_sources(config.data, config.data.train_split)  # missing / empty split → clear error
+  pipeline.mixture_weights(config.data, len(sources))
+  objective.check_data(config, pipeline.frame_size(config.data))
   if config.batch_size % jax.process_count():
     raise TrainError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
   _check_workdir(config, workdir)
@@ -155,7 +156,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     while step < config.total_steps:
       t0 = time.time()
-      batch = pipeline.to_global(next(data), rt.mesh)
+      batch = pipeline.to_global(_next_batch(data, step), rt.mesh)
       wait_s += time.time() - t0
       state, logs = rt.train_step(state, batch)
       step += 1
@@ -195,6 +196,19 @@ def _restore_or_init(rt: runtime_lib.Runtime, ckpt: ckpt_lib.Checkpointer):
     print(f"resumed from checkpoint step {step} (data position: sample {step * rt.config.batch_size})", flush=True)
     return state, step
   return rt.init_fn(), 0
+
+
+def _next_batch(data, step: int) -> dict:
+  """A data error mid-run (e.g. a corrupt record) stops the run with its cause; saved checkpoints stay intact."""
+  try:
+    return next(data)
+  except Exception as e:  # grain may wrap the reader's exception: find ours in the chain
+    cause = e
+    while cause is not None and not isinstance(cause, records.DatasetError):
+      cause = cause.__cause__ or cause.__context__
+    if cause is None:
+      raise
+    raise TrainError(f"data error at step {step + 1}: {cause}") from e
 
 
 def _check_finite(logs: dict, step: int) -> None:

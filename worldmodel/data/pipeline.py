@@ -20,28 +20,97 @@ from worldmodel.parallel import mesh as mesh_lib
 KEYS = ("video", "action", "state", "reward")
 
 
-class ClipSampler:
-  """Maps a global sample index to a clip window (deterministic, topology-free)."""
+def data_dirs(data_cfg) -> list[str]:
+  """`data.dir` names one dataset or a comma-separated mixture."""
+  return [d.strip() for d in str(data_cfg.dir).split(",") if d.strip()]
 
-  def __init__(self, source, seed: int, num_frames: int, frame_stride: int):
-    self.source, self.seed = source, seed
+
+def feature_map(data_cfg) -> dict | None:
+  """data.features with the empty entries dropped (None: the dataset uses our own names)."""
+  mapping = {k: v for k, v in dict(data_cfg.get("features") or {}).items() if v}
+  return mapping or None
+
+
+def open_sources(data_cfg, split: str) -> list:
+  return [records.open_split(d, split, feature_map(data_cfg)) for d in data_dirs(data_cfg)]
+
+
+def mixture_weights(data_cfg, n: int) -> np.ndarray:
+  w = np.asarray(data_cfg.get("weights") or [1.0] * n, np.float64)
+  if len(w) != n or np.any(w < 0) or w.sum() <= 0:
+    raise ValueError(f"config key 'data.weights' {tuple(w)} must hold {n} non-negative weights, one per "
+                     f"dataset in data.dir, not all zero")
+  return w / w.sum()
+
+
+def frame_size(data_cfg) -> int:
+  """The frame size the pipeline emits: data.resize, or the datasets' own size (which must agree)."""
+  if data_cfg.get("resize"):
+    return int(data_cfg.resize)
+  sizes = {d: records.read_meta(d, feature_map(data_cfg)).get("size") for d in data_dirs(data_cfg)}
+  if len(set(sizes.values())) > 1:
+    raise records.DatasetError(f"datasets disagree on frame size {sizes}; set --config.data.resize=SIZE")
+  return int(next(iter(sizes.values())))
+
+
+def resize_clip(video_THWC: np.ndarray, size: int) -> np.ndarray:
+  """Centre square crop, then area (box) resampling to size×size; a no-op when already that size."""
+  T, H, W, _ = video_THWC.shape
+  if H == W == size:
+    return video_THWC
+  from PIL import Image
+  s = min(H, W)
+  top, left = (H - s) // 2, (W - s) // 2
+  crop = video_THWC[:, top:top + s, left:left + s]
+  return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BOX)) for f in crop])
+
+
+class ClipSampler:
+  """Maps a global sample index to a clip window (deterministic, topology-free).
+
+  One dataset: epochs of a seeded permutation (every episode once per epoch). A mixture: each sample picks its
+  dataset by weight and an episode uniformly, both from rng(seed, g), so it stays a pure function of g.
+  """
+
+  def __init__(self, sources, seed: int, num_frames: int, frame_stride: int, *, weights=None, size: int = 0):
+    self.sources = sources if isinstance(sources, (list, tuple)) else [sources]
+    self.weights = np.ones(len(self.sources)) / len(self.sources) if weights is None else np.asarray(weights)
+    self.seed, self.size = seed, size
     self.num_frames, self.stride = num_frames, frame_stride
     self.span = (num_frames - 1) * frame_stride + 1
 
   @functools.lru_cache(maxsize=4)
   def _perm(self, epoch: int) -> np.ndarray:
-    return np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.source))
+    return np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.sources[0]))
+
+  def locate(self, g: int) -> tuple[int, int]:
+    if len(self.sources) == 1:
+      n = len(self.sources[0])
+      return 0, int(self._perm(g // n)[g % n])
+    rng = np.random.default_rng([self.seed, g, 13])
+    d = int(rng.choice(len(self.sources), p=self.weights))
+    return d, int(rng.integers(len(self.sources[d])))
 
   def __call__(self, g: int) -> dict:
-    n = len(self.source)
-    episode = int(self._perm(g // n)[g % n])
-    ep = self.source[episode]
+    d, episode = self.locate(g)
+    src = self.sources[d]
+    ep = src[episode]
     length = ep["video"].shape[0]
     if length < self.span:
-      raise records.DatasetError(f"episode {episode} has {length} frames; a clip needs {self.span} "
+      raise records.DatasetError(f"{src.data_dir}: episode {episode} has {length} frames; a clip needs {self.span} "
                                  f"(num_frames={self.num_frames}, frame_stride={self.stride})")
     start = int(np.random.default_rng([self.seed, g, 11]).integers(0, length - self.span + 1))
-    return window(ep, start, self.span, self.stride)
+    return checked_clip(window(ep, start, self.span, self.stride), self.size, src, episode)
+
+
+def checked_clip(clip: dict, size: int, src, episode: int) -> dict:
+  if size:
+    clip["video"] = resize_clip(clip["video"], size)
+  shape = clip["video"].shape
+  if len(shape) != 4 or shape[-1] != 3 or (size and shape[1:3] != (size, size)):
+    raise records.DatasetError(f"{src.data_dir}: split {src.split!r} episode {episode} has video of shape {shape}; "
+                               f"expected [T,{size or 'H'},{size or 'W'},3]")
+  return clip
 
 
 def window(ep: dict, start: int, span: int, stride: int) -> dict:
@@ -70,8 +139,9 @@ def train_dataset(data_cfg, *, seed: int, global_batch: int, start_step: int, nu
   if global_batch % n:
     raise ValueError(f"batch_size {global_batch} is not divisible by the {n} processes")
   local = global_batch // n
-  source = records.open_split(data_cfg.dir, data_cfg.train_split)
-  sampler = ClipSampler(source, seed, data_cfg.num_frames, data_cfg.frame_stride)
+  sources = open_sources(data_cfg, data_cfg.train_split)
+  sampler = ClipSampler(sources, seed, data_cfg.num_frames, data_cfg.frame_stride,
+                        weights=mixture_weights(data_cfg, len(sources)), size=frame_size(data_cfg))
   ds = grain.MapDataset.range(num_steps * local).map(_Sample(sampler, start_step, global_batch, local, p))
   ds = ds.batch(local, drop_remainder=True)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.read_threads,
@@ -81,30 +151,32 @@ def train_dataset(data_cfg, *, seed: int, global_batch: int, start_step: int, nu
   return it
 
 
-def eval_windows(source, num_frames: int, stride: int, max_clips: int | None = None) -> list[tuple[int, int]]:
-  """Every non-overlapping clip window of every episode of a split: (episode, start)."""
+def eval_windows(sources, num_frames: int, stride: int, max_clips: int | None = None) -> list[tuple[int, int, int]]:
+  """Every non-overlapping clip window of every episode of a split: (dataset, episode, start)."""
   span = (num_frames - 1) * stride + 1
   out = []
-  for e in range(len(source)):
-    length = source[e]["video"].shape[0]
-    out += [(e, s) for s in range(0, length - span + 1, span)]
-    if max_clips and len(out) >= max_clips:
-      return out[:max_clips]
+  for d, source in enumerate(sources if isinstance(sources, (list, tuple)) else [sources]):
+    for e in range(len(source)):
+      length = source[e]["video"].shape[0]
+      out += [(d, e, s) for s in range(0, length - span + 1, span)]
+      if max_clips and len(out) >= max_clips:
+        return out[:max_clips]
   return out
 
 
 def eval_batches(data_cfg, split: str, batch_size: int, max_clips: int | None = None) -> tuple[Iterator[dict], int]:
   """Deterministic pass over a split; the last batch is padded and carries `valid` (1 real clip, 0 padding)."""
-  source = records.open_split(data_cfg.dir, split)
-  wins = eval_windows(source, data_cfg.num_frames, data_cfg.frame_stride, max_clips)
+  sources = open_sources(data_cfg, split)
+  size = frame_size(data_cfg)
+  wins = eval_windows(sources, data_cfg.num_frames, data_cfg.frame_stride, max_clips)
   if not wins:
     raise records.DatasetError(f"{data_cfg.dir} split {split!r}: no episode is long enough for a "
                                f"{data_cfg.num_frames}-frame clip at stride {data_cfg.frame_stride}")
   span = (data_cfg.num_frames - 1) * data_cfg.frame_stride + 1
 
   def load(k: int) -> dict:
-    e, s = wins[min(k, len(wins) - 1)]
-    clip = window(source[e], s, span, data_cfg.frame_stride)
+    d, e, s = wins[min(k, len(wins) - 1)]
+    clip = checked_clip(window(sources[d][e], s, span, data_cfg.frame_stride), size, sources[d], e)
     clip["valid"] = np.float32(k < len(wins))
     return clip
 

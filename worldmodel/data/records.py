@@ -31,6 +31,7 @@ FORMAT_VERSION = 1
 BUILDER_NAME = "worldmodel_episodes"
 META_FILE = "worldmodel.json"
 SPLITS = ("train", "val", "test")
+CANONICAL = ("video", "action", "state", "reward", "episode_id")
 
 
 class DatasetError(ValueError):
@@ -178,8 +179,8 @@ def _builder(data_dir: str):
         raise DatasetError(f"{data_dir}: cannot open as a TFDS dataset: {e}") from e
 
 
-def read_meta(data_dir: str) -> dict:
-    """worldmodel.json, or the same keys derived from dataset_info.json if it is missing."""
+def read_meta(data_dir: str, features: dict | None = None) -> dict:
+    """worldmodel.json, or the same keys derived from the dataset itself if it is missing."""
     path = os.path.join(data_dir, META_FILE)
     if os.path.exists(path):
         _check_dir(data_dir)
@@ -189,16 +190,33 @@ def read_meta(data_dir: str) -> dict:
         except json.JSONDecodeError as e:
             raise DatasetError(f"{path}: invalid JSON: {e}") from e
     info = _builder(data_dir).info
-    meta = {"source": "unknown", "state_groups": {}, "seed": None, "format_version": FORMAT_VERSION}
-    meta.update(_derived_meta(info.features))
+    meta = {"source": "tfds", "state_groups": {}, "seed": None, "format_version": FORMAT_VERSION}
     meta["splits"] = {name: split.num_examples for name, split in info.splits.items()}
+    if "video" in info.features and not features:
+        meta.update(_derived_meta(info.features))
+        return meta
+    split = next((s for s in ("train", *meta["splits"]) if meta["splits"].get(s)), None)
+    if split is None:
+        raise DatasetError(f"{data_dir}: every split is empty")
+    first = open_split(data_dir, split, features)[0]
+    if "video" not in first:
+        raise DatasetError(f"{data_dir}: no 'video' feature; map one with --config.data.features.video=PATH "
+                           f"(features: {sorted(first)})")
+    meta.update(size=int(first["video"].shape[1]), frames=None,
+                action_dim=int(first["action"].shape[-1]) if "action" in first else 0,
+                state_dim=int(first["state"].shape[-1]) if "state" in first else 0)
     return meta
 
 
-def open_split(data_dir: str, split: str) -> "EpisodeSource":
-    """Random-access source of one split: len(src), src[i] -> dict of numpy arrays."""
+def open_split(data_dir: str, split: str, features: dict | None = None) -> "EpisodeSource":
+    """Random-access source of one split: len(src), src[i] -> dict of numpy arrays.
+
+    `features` maps our names to paths in a foreign TFDS dataset, e.g. for the RLDS layout
+    {"video": "steps/observation/image", "action": "steps/action"}; nested features and per-step
+    `tfds.features.Dataset` sequences are flattened to "a/b/c" keys and stacked over time.
+    """
     info = _builder(data_dir).info
-    declared = read_meta(data_dir).get("splits", {})
+    declared = read_meta(data_dir).get("splits", {}) if os.path.exists(os.path.join(data_dir, META_FILE)) else {}
     if split not in info.splits:
         if declared.get(split) == 0:
             raise DatasetError(f"{data_dir}: split {split!r} is empty (0 episodes)")
@@ -211,7 +229,7 @@ def open_split(data_dir: str, split: str) -> "EpisodeSource":
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise DatasetError(f"{data_dir}: split {split!r} is missing shard files {missing}")
-    return EpisodeSource(data_dir, split, paths, list(split_info.shard_lengths))
+    return EpisodeSource(data_dir, split, paths, list(split_info.shard_lengths), features)
 
 
 class EpisodeSource:
@@ -221,8 +239,10 @@ class EpisodeSource:
     can be handed to `grain.MapDataset.source(...)` and grain worker processes.
     """
 
-    def __init__(self, data_dir: str, split: str, paths: list[str], shard_lengths: list[int]):
+    def __init__(self, data_dir: str, split: str, paths: list[str], shard_lengths: list[int],
+                 features: dict | None = None):
         self.data_dir, self.split = data_dir, split
+        self.mapping = {k: v for k, v in (features or {}).items() if v}
         self.paths, self.shard_lengths = paths, shard_lengths
         self._offsets = np.cumsum([0] + shard_lengths).tolist()
         self._reader = None
@@ -240,7 +260,20 @@ class EpisodeSource:
     def _open(self):
         from grain import sources  # grain imports are slow; keep them off module import
         self._features = tfds.features.FeatureConnector.from_config(self.data_dir)
-        self._reader = sources.ArrayRecordDataSource(self.paths)
+        try:
+            self._reader = sources.ArrayRecordDataSource(self.paths)
+        except Exception as e:  # a truncated / corrupt shard fails here: find and name it
+            raise DatasetError(f"{self.data_dir}: split {self.split!r}: {self._bad_shard()} is corrupt or "
+                               f"truncated ({e})") from e
+
+    def _bad_shard(self) -> str:
+        from grain import sources
+        for path in self.paths:
+            try:
+                sources.ArrayRecordDataSource([path])
+            except Exception:  # noqa: BLE001 - probing which file is at fault
+                return os.path.basename(path)
+        return "a shard file"
 
     def _locate(self, index: int) -> str:
         shard = bisect.bisect_right(self._offsets, index) - 1
@@ -255,8 +288,36 @@ class EpisodeSource:
         if self._reader is None:
             self._open()
         try:
-            example = self._features.deserialize_example_np(self._reader[index])
+            raw = self._reader[index]
+        except Exception as e:
+            raise DatasetError(f"{self.data_dir}: split {self.split!r} episode {index} ({self._locate(index)}) "
+                               f"could not be read (corrupt or truncated file?): {e}") from e
+        try:
+            example = self._features.deserialize_example_np(raw)
         except Exception as e:
             raise DatasetError(f"{self.data_dir}: split {self.split!r} episode {index} "
                                f"({self._locate(index)}) could not be decoded: {e}") from e
-        return {k: np.asarray(v) for k, v in example.items()}
+        flat = _flatten(example)
+        if not self.mapping:
+            return flat
+        out = {k: v for k, v in flat.items() if k in CANONICAL}  # unmapped names keep their own feature
+        for name, path in self.mapping.items():
+            if path not in flat:
+                raise DatasetError(f"{self.data_dir}: split {self.split!r} episode {index} has no feature {path!r} "
+                                   f"(config key data.features.{name}); features: {sorted(flat)}")
+            out[name] = flat[path]
+        return out
+
+
+def _flatten(example: Any, prefix: str = "") -> dict[str, np.ndarray]:
+    """Nested feature dicts -> {"a/b": array}; a per-step sequence (RLDS `steps`) is stacked over time."""
+    if isinstance(example, dict):
+        out = {}
+        for k, v in example.items():
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        return out
+    if not isinstance(example, np.ndarray) and hasattr(example, "__len__") and hasattr(example, "__getitem__"):
+        steps = [_flatten(example[i]) for i in range(len(example))]  # tfds.features.Dataset decodes lazily
+        keys = steps[0].keys() if steps else ()
+        return {f"{prefix}{k}": np.stack([s[k] for s in steps]) for k in keys}
+    return {prefix.rstrip("/"): np.asarray(example)}

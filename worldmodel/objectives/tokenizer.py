@@ -46,12 +46,12 @@ def _ints(key: str, value, *, length: int | None = None, minimum: int = 1) -> No
     raise ValueError(f"config key {key!r} must be {want}integers >= {minimum}, got {value!r}")
 
 
-def check_data(config: ml_collections.ConfigDict, meta: dict) -> None:
+def check_data(config: ml_collections.ConfigDict, frame_size: int) -> None:
   """Frames of the wrong size for the model fail here, before anything is compiled."""
-  size = meta.get("size")
-  if size is not None and int(size) != int(config.model.size):
-    raise ValueError(f"dataset {config.data.dir} has {size}x{size} frames but the model expects "
-                     f"{config.model.size}x{config.model.size} (config key 'model.size')")
+  if int(frame_size) != int(config.model.size):
+    raise ValueError(f"dataset {config.data.dir} gives {frame_size}x{frame_size} frames but the model expects "
+                     f"{config.model.size}x{config.model.size} (config key 'model.size'; or resize the data with "
+                     f"--config.data.resize={config.model.size})")
   if config.model.frames != config.data.num_frames:
     raise ValueError(f"config keys disagree: model.frames={config.model.frames} but data.num_frames="
                      f"{config.data.num_frames}")
