@@ -5,13 +5,14 @@
 Variants:
   tiny        seconds per run; used by the test suite
   quickstart  what `make quickstart` trains: 32x32 bouncing clips, a few minutes on 2 CPU cores
+  dmc         64x64 dm_control clips (e.g. `generate --source=dmc:reacher-easy --size=64`), 4x4 patches
   small       64x64 clips, the benchmark shape
   jasmine     Jasmine's default tokenizer shapes (16x64x64 clips, patch 16, width 512, 4+4 blocks, 1024 VQ codes)
 Append ',vq' to a variant (e.g. tiny,vq) for a VQ quantiser instead of FSQ.
 """
 import ml_collections
 
-VARIANTS = ("tiny", "quickstart", "small", "jasmine")
+VARIANTS = ("tiny", "quickstart", "dmc", "small", "jasmine")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -55,6 +56,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.update(warmup_steps=5, decay_steps=1000)  # fixed length: 8 + 8 resumed steps == 16 straight
     c.checkpoint.every_steps = 10
     c.eval.update(batch_size=8, num_media=2)
+  elif variant == "dmc":
+    c.model.size = 64  # same 4x4 patches as the quickstart: 4 frames x 256 tokens per clip
+    c.batch_size = 4
+    c.total_steps = 2500
   elif variant == "small":
     c.data.num_frames = c.model.frames = 16
     c.model.update(size=64, tubelet=(2, 8, 8), width=256, heads=4, enc_depth=4, dec_depth=4)

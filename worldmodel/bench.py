@@ -1,6 +1,7 @@
 """Benchmark the train step of an experiment config on this machine.
 
   python -m worldmodel.bench --config=experiments/tokenizer.py:small --steps=10 [--config.data.dir=DATA]
+  python -m worldmodel.bench --config=experiments/tokenizer.py:small --loader_workers=0,1,2   # input pipeline only
 
 Without --config.data.dir a small embedded dataset of the config's frame size is generated in a temp folder, so the
 loader is part of the measurement. Prints progress, then one JSON line last:
@@ -27,6 +28,9 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step that compiles).")
 _MATMUL = flags.DEFINE_integer("matmul_size", 2048, "Side of the square f32 matmul used to measure peak FLOP/s.")
+_LOADER = flags.DEFINE_list("loader_workers", [], "Benchmark only the input pipeline, once per grain worker count "
+                            "given (e.g. 0,1,2), instead of the train step.")
+_LOADER_BATCHES = flags.DEFINE_integer("loader_batches", 50, "Batches timed per loader setting (after 2 warm-up).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -97,6 +101,26 @@ def bench(config, steps: int, matmul_size: int = 2048) -> dict:
   return result
 
 
+def bench_loader(config, workers: list[int], batches: int) -> dict:
+  """Clips/s of the grain pipeline alone (decode, window, batch) for each worker count."""
+  from worldmodel.data import pipeline
+  out = {}
+  for w in workers:
+    config.data.workers = w
+    it = iter(pipeline.train_dataset(config.data, seed=config.seed, global_batch=config.batch_size, start_step=0,
+                                     num_steps=batches + 2))
+    for _ in range(2):  # worker start-up and first reads are not throughput
+      next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+      next(it)
+    out[str(w)] = batches * config.batch_size / (time.perf_counter() - t0)
+    print(f"loader workers={w}: {out[str(w)]:.0f} clips/s", flush=True)
+  clip = (config.data.num_frames, config.model.get("size", 0), config.model.get("size", 0), 3)
+  return {"loader_clips_per_s": out, "clip_shape": clip, "batch_size": config.batch_size,
+          "read_threads": config.data.read_threads}
+
+
 def _make_data(out: str, config) -> None:
   from worldmodel.data import records
   from worldmodel.data.sources import bouncing
@@ -118,7 +142,17 @@ def main(argv):
   except config_lib.ConfigError as e:
     config_lib.die(str(e))
   with config.unlocked():
-    result = bench(config, _STEPS.value, _MATMUL.value)
+    if _LOADER.value:
+      tmp = None
+      if not config.data.dir:
+        tmp = config.data.dir = tempfile.mkdtemp(prefix="wm-bench-")
+        _make_data(tmp, config)
+      result = bench_loader(config, [int(w) for w in _LOADER.value], _LOADER_BATCHES.value)
+      if tmp:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+      result = bench(config, _STEPS.value, _MATMUL.value)
   print(json.dumps(result), flush=True)
 
 

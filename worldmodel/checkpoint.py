@@ -76,5 +76,19 @@ def _is_mismatch(e: Exception) -> bool:
                                  "do not match", "don't match"))
 
 
+def read_numpy(item_dir: str) -> Any:
+  """Read one saved item (e.g. CKPT/checkpoints/STEP/state) as numpy arrays on any machine.
+
+  Needs no mesh and ignores the saved shardings, so a checkpoint written by 8 devices or 2 processes can be
+  inspected or compared from a single-device process.
+  """
+  checkpointer = ocp.PyTreeCheckpointer()
+  meta = checkpointer.metadata(item_dir)
+  tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
+  import numpy as np
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(restore_args=args))
+
+
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
