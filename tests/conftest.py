@@ -3,23 +3,14 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_dataset(out: str, episodes: int = 24, frames: int = 16, size: int = 64) -> str:
-  from worldmodel.data import records
   from worldmodel.data.sources import bouncing
-  def eps(lo, hi):
-    for i in range(lo, hi):
-      yield {**bouncing.generate_episode(i, frames, size), "episode_id": np.int64(i)}
-  n_eval = max(1, episodes // 8)
-  records.write_dataset(out, {"train": eps(0, episodes - 2 * n_eval), "val": eps(episodes - 2 * n_eval, episodes - n_eval),
-                              "test": eps(episodes - n_eval, episodes)},
-                        {"source": "bouncing", "frames": frames, "size": size, "seed": 0})
-  return out
+  return bouncing.write_dataset(out, episodes, frames, size, eval_episodes=max(1, episodes // 8))
 
 
 @pytest.fixture(scope="session")

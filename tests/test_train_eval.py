@@ -3,10 +3,11 @@ import json
 import os
 
 import numpy as np
-import orbax.checkpoint as ocp
+import jax
 import pytest
 
 from conftest import make_dataset, run_cli
+from worldmodel.checkpoint import read_numpy
 
 TINY = "experiments/tokenizer.py:tiny"
 
@@ -17,19 +18,8 @@ def _train(workdir, data, *extra, timeout=300):
 
 
 def _leaves(workdir, step):
-  state = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
-  out = {}
-  def walk(x, k):
-    if isinstance(x, dict):
-      for kk, v in x.items():
-        walk(v, f"{k}/{kk}")
-    elif isinstance(x, (list, tuple)):
-      for i, v in enumerate(x):
-        walk(v, f"{k}/{i}")
-    else:
-      out[k] = np.asarray(x)
-  walk(state, "")
-  return out
+  return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v) for path, v in
+          jax.tree_util.tree_leaves_with_path(read_numpy(os.path.join(workdir, "checkpoints", str(step), "state")))}
 
 
 def _losses(workdir):

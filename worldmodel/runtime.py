@@ -86,8 +86,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   tx = make_optimizer(config.optim, schedule)
 
   graphdef, abs_params, abs_extra = _abstract(objective, config)
-  param_specs = nnx.get_partition_spec(abs_params).to_pure_dict()
-  abs_params, abs_extra = abs_params.to_pure_dict(), abs_extra.to_pure_dict()
+  param_specs = nnx.to_pure_dict(nnx.get_partition_spec(abs_params))
+  abs_params, abs_extra = nnx.to_pure_dict(abs_params), nnx.to_pure_dict(abs_extra)
   repl = mesh_lib.replicated(mesh)
   param_sh = mesh_lib.shardings_for(abs_params, param_specs, mesh)
   abs_opt = jax.eval_shape(tx.init, abs_params)
@@ -100,8 +100,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   @functools.partial(jax.jit, out_shardings=shardings)
   def init():
     _, params, extra = _create(objective, config, config.seed)
-    params = params.to_pure_dict()
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "extra": extra.to_pure_dict(), "opt": tx.init(params)}
+    params = nnx.to_pure_dict(params)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "extra": nnx.to_pure_dict(extra), "opt": tx.init(params)}
 
   return Runtime(config, mesh, objective, graphdef, tx, schedule, shardings, abstract, init)
 
@@ -120,7 +120,7 @@ def _train_step(rt: Runtime, state: dict, batch: dict):
     model = nnx.merge(rt.graphdef, params, state["extra"], copy=True)
     loss, logs = rt.objective.loss_fn(model, batch, rng=rng, train=True)
     _, _, extra = nnx.split(model, nnx.Param, ...)
-    return loss, (logs, extra.to_pure_dict())
+    return loss, (logs, nnx.to_pure_dict(extra))
 
   (_, (logs, extra)), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
   updates, opt = rt.tx.update(grads, state["opt"], state["params"])

@@ -36,8 +36,9 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BLD: jax.Array, *, causal: bool = False) -> jax.Array:
     B, L, D = x_BLD.shape
-    qkv_BL3HK = self.qkv(x_BLD).reshape(B, L, 3, self.heads, D // self.heads)
-    q, k, v = (qkv_BL3HK[:, :, i] for i in range(3))
+    # Heads-major layout [.., H, 3, K]: splitting the fused output over `tensor` splits whole heads.
+    qkv_BLH3K = self.qkv(x_BLD).reshape(B, L, self.heads, 3, D // self.heads)
+    q, k, v = (qkv_BLH3K[:, :, :, i] for i in range(3))
     o_BLHK = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
     return self.out(o_BLHK.reshape(B, L, D))
 

@@ -186,3 +186,17 @@ def generate_episode(seed: int | np.random.SeedSequence, frames: int, size: int,
         "state": state_TS.astype(np.float32),
         "reward": reward_T.astype(np.float32),
     }
+
+
+def write_dataset(out_dir: str, episodes: int, frames: int, size: int, eval_episodes: int = 2) -> str:
+    """A small bouncing dataset (train / val / test) written directly, for benchmarks and tests."""
+    from worldmodel.data import records
+
+    def make(lo: int, hi: int):
+        for i in range(lo, hi):
+            yield {**generate_episode(i, frames, size), "episode_id": np.int64(i)}
+    train = episodes - 2 * eval_episodes
+    records.write_dataset(out_dir, {"train": make(0, train), "val": make(train, train + eval_episodes),
+                                    "test": make(train + eval_episodes, episodes)},
+                          {"source": "bouncing", "frames": frames, "size": size, "seed": 0})
+    return out_dir

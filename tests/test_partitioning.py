@@ -1,0 +1,75 @@
+"""Golden partition specs: every parameter's mesh axes per model, so a sharding change is always deliberate.
+
+Regenerate after an intended change with: WM_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_partitioning.py
+"""
+import json
+import os
+
+import jax
+from jax.sharding import PartitionSpec as P
+import ml_collections
+import pytest
+from flax import nnx
+
+from worldmodel import runtime
+from worldmodel.parallel import mesh as mesh_lib
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
+
+
+def _config(variant):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("exp", os.path.join(os.path.dirname(GOLDEN), "..", "experiments",
+                                                                    "tokenizer.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def _specs(config: ml_collections.ConfigDict) -> dict:
+  nnx.use_eager_sharding(False)
+  objective = runtime.get_objective(config.objective)
+  _, params, _ = nnx.split(nnx.eval_shape(lambda: objective.create_model(config, nnx.Rngs(0))), nnx.Param, ...)
+  flat = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.get_partition_spec(params)),
+                                             is_leaf=lambda x: isinstance(x, P))
+  return {"/".join(str(getattr(k, "key", k)) for k in path): [a if a is None or isinstance(a, str) else list(a)
+                                                               for a in spec] for path, spec in flat}
+
+
+@pytest.mark.parametrize("variant", ["small", "jasmine"])
+def test_partition_specs_match_the_golden_file(variant):
+  got = _specs(_config(variant))
+  path = os.path.join(GOLDEN, f"partition_specs_tokenizer_{variant}.json")
+  if os.environ.get("WM_UPDATE_GOLDEN"):
+    with open(path, "w") as f:
+      json.dump(got, f, indent=1, sort_keys=True)
+  with open(path) as f:
+    assert got == json.load(f)
+  # every matrix is sharded somewhere; nothing names an axis the mesh does not have
+  for name, spec in got.items():
+    axes = {a for s in spec for a in ([s] if isinstance(s, str) else s or [])}
+    assert axes <= set(mesh_lib.AXES), name
+    if name.endswith("kernel") and "embed" not in name:
+      assert axes, f"{name} is replicated on every mesh"
+
+
+def test_fit_spec_keeps_only_axes_that_divide():
+  devices = jax.devices()[:1]
+  mesh = jax.make_mesh((1, 1, 1), mesh_lib.AXES, devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  assert mesh_lib.fit_spec(P("fsdp", "tensor"), (8, 6), mesh) == P("fsdp", "tensor")
+  fake = type("M", (), {"shape": {"data": 2, "fsdp": 4, "tensor": 2}})()
+  assert mesh_lib.fit_spec(P("fsdp", "tensor"), (8, 6), fake) == P("fsdp", "tensor")
+  assert mesh_lib.fit_spec(P("fsdp", "tensor"), (6, 3), fake) == P(None, None)
+  assert mesh_lib.fit_spec(P(("data", "fsdp"), None), (16, 3), fake) == P(("data", "fsdp"), None)
+  assert mesh_lib.fit_spec(P(("data", "fsdp")), (12,), fake) == P(None)
+
+
+def test_mesh_shape_fills_and_refuses_bad_sizes():
+  assert mesh_lib.mesh_shape({"data": -1, "fsdp": 4, "tensor": 1}, 8) == (2, 4, 1)
+  with pytest.raises(ValueError, match="at most one axis"):
+    mesh_lib.mesh_shape({"data": -1, "fsdp": -1, "tensor": 1}, 8)
+  with pytest.raises(ValueError, match="not a multiple"):
+    mesh_lib.mesh_shape({"data": -1, "fsdp": 3, "tensor": 1}, 8)
+  with pytest.raises(ValueError, match="uses 4 devices"):
+    mesh_lib.mesh_shape({"data": 2, "fsdp": 2, "tensor": 1}, 8)
