@@ -21,6 +21,13 @@ def create_model(config: ml_collections.ConfigDict, rngs) -> VideoTokenizer:
   return VideoTokenizer(config.model, rngs=rngs)
 
 
+def batch_spec(config: ml_collections.ConfigDict, sharding) -> dict:
+  """Abstract global batch (what the pipeline feeds the train step), for compiling ahead of time."""
+  m = config.model
+  return {"video": jax.ShapeDtypeStruct((config.batch_size, m.frames, m.size, m.size, 3), jnp.uint8,
+                                        sharding=sharding)}
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Shape-like keys are checked here: absl accepts any string for a tuple-valued key."""
   m = config.model
