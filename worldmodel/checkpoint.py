@@ -16,6 +16,14 @@ import orbax.checkpoint as ocp
 
 ITEMS = ("state", "data", "config")
 
+# Without the per-array sharding file, a checkpoint reads back as plain numpy on any machine (one CPU, another mesh)
+# when no target is given; our restores always pass the current mesh's shardings, so nothing is lost for them.
+_verbosity = logging.get_verbosity()
+logging.set_verbosity(logging.ERROR)  # the registry warns that it overrides its default: intended
+ocp.type_handlers.register_type_handler(
+    jax.Array, ocp.type_handlers.ArrayHandler(enable_write_sharding_file=False), override=True)
+logging.set_verbosity(_verbosity)
+
 
 class CheckpointError(RuntimeError):
   pass
