@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 features=dict(video="", action="", state="", reward=""),
                 read_threads=2, prefetch=4, workers=0)
   c.model = dict(name="tokenizer", frames=4, size=32, tubelet=(1, 4, 4), width=128, heads=4, mlp_ratio=4.0,
-                 enc_depth=2, dec_depth=2, dtype="float32", remat="none",
+                 enc_depth=2, dec_depth=2, dtype="float32", remat="none", scan_layers=False,
                  quantizer=dict(kind="fsq", levels=(8, 5, 5, 5), saturation_penalty=1.0, num_codes=1024, code_dim=8,
                                 commitment=0.25, decay=0.99, restart_threshold=0.01))
   c.optim = dict(lr=2e-3, warmup_steps=100, decay_steps=-1, final_lr_frac=0.05, weight_decay=1e-4,

@@ -5,9 +5,12 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 import pytest
 
 from conftest import REPO, run_cli
+from worldmodel.checkpoint import read_numpy
 
 
 def _steps(workdir):
@@ -53,3 +56,26 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, dataset)
   assert r.returncode == 0, r.stderr[-2000:]
   assert "corrupt" in r.stdout + r.stderr and "falling back" in r.stdout + r.stderr
   assert (w / "eval" / "3" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_kill_9_then_the_same_command_resumes_bit_identically(tmp_path, dataset):
+  args = ["--config=experiments/tokenizer.py:tiny", f"--config.data.dir={dataset}", "--config.total_steps=40",
+          "--config.checkpoint.every_steps=5", "--config.seed=9"]
+  ref = run_cli("worldmodel.train", f"--workdir={tmp_path / 'ref'}", *args)
+  assert ref.returncode == 0, ref.stderr[-2000:]
+  w = tmp_path / "killed"
+  proc = subprocess.Popen([sys.executable, "-m", "worldmodel.train", f"--workdir={w}", *args], cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  while time.time() < deadline and not (os.path.isdir(w / "checkpoints") and _steps(w) and _steps(w)[-1] >= 10):
+    time.sleep(0.05)
+  proc.kill()  # SIGKILL: no handler runs, an async save may be cut off mid-write
+  proc.wait()
+  assert _steps(w)[-1] < 40, "the run finished before it was killed"
+  again = run_cli("worldmodel.train", f"--workdir={w}", *args)
+  assert again.returncode == 0 and "resumed from checkpoint step" in again.stdout, again.stderr[-2000:]
+  a = read_numpy(str(tmp_path / "ref" / "checkpoints" / "40" / "state"))
+  b = read_numpy(str(w / "checkpoints" / "40" / "state"))
+  for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)):
+    np.testing.assert_array_equal(x, y, err_msg=str(path))

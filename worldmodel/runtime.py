@@ -19,6 +19,7 @@ from flax import nnx
 import ml_collections
 import optax
 
+from worldmodel import checkpoint
 from worldmodel.parallel import mesh as mesh_lib
 
 OBJECTIVES = {"tokenizer": "worldmodel.objectives.tokenizer"}
@@ -72,10 +73,9 @@ class Runtime:
     return jax.jit(step, in_shardings=(self.state_shardings, None))
 
 
-def _create(objective, config, seed: int):
-  model = objective.create_model(config, nnx.Rngs(seed))
-  graphdef, params, extra = nnx.split(model, nnx.Param, ...)
-  return graphdef, params, extra
+def _split(model: nnx.Module):
+  """graphdef, Param state, everything else (e.g. VQ codebook EMA)."""
+  return nnx.split(model, nnx.Param, ...)
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Runtime:
@@ -85,7 +85,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   schedule = make_schedule(config.optim, config.total_steps)
   tx = make_optimizer(config.optim, schedule)
 
-  graphdef, abs_params, abs_extra = _abstract(objective, config)
+  create = lambda: objective.create_model(config, nnx.Rngs(config.seed))  # noqa: E731 - traced twice below
+  graphdef, abs_params, abs_extra = _split(nnx.eval_shape(create))
   param_specs = nnx.to_pure_dict(nnx.get_partition_spec(abs_params))
   abs_params, abs_extra = nnx.to_pure_dict(abs_params), nnx.to_pure_dict(abs_extra)
   repl = mesh_lib.replicated(mesh)
@@ -95,20 +96,15 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
                                  is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
   shardings = {"step": repl, "params": param_sh, "extra": jax.tree.map(lambda _: repl, abs_extra), "opt": opt_sh}
   abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abs_params, "extra": abs_extra, "opt": abs_opt}
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+  abstract = checkpoint.abstract_with_shardings(abstract, shardings)
 
   @functools.partial(jax.jit, out_shardings=shardings)
   def init():
-    _, params, extra = _create(objective, config, config.seed)
+    _, params, extra = _split(create())
     params = nnx.to_pure_dict(params)
     return {"step": jnp.zeros((), jnp.int32), "params": params, "extra": nnx.to_pure_dict(extra), "opt": tx.init(params)}
 
   return Runtime(config, mesh, objective, graphdef, tx, schedule, shardings, abstract, init)
-
-
-def _abstract(objective, config):
-  abs_model = nnx.eval_shape(lambda: objective.create_model(config, nnx.Rngs(config.seed)))
-  return nnx.split(abs_model, nnx.Param, ...)
 
 
 def _train_step(rt: Runtime, state: dict, batch: dict):
@@ -119,7 +115,7 @@ def _train_step(rt: Runtime, state: dict, batch: dict):
     # copy=True: the forward pass writes non-Param state (VQ EMA) under grad's trace (flax#5050).
     model = nnx.merge(rt.graphdef, params, state["extra"], copy=True)
     loss, logs = rt.objective.loss_fn(model, batch, rng=rng, train=True)
-    _, _, extra = nnx.split(model, nnx.Param, ...)
+    _, _, extra = _split(model)
     return loss, (logs, nnx.to_pure_dict(extra))
 
   (_, (logs, extra)), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])

@@ -46,17 +46,19 @@ class VideoTokenizer(nnx.Module):
     self.quantizer = make_quantizer(cfg.quantizer, rngs=rngs)
     code_dim = self.quantizer.code_dim
 
+    def block(r: nnx.Rngs) -> layers.SpaceTimeBlock:
+      return layers.SpaceTimeBlock(D, cfg.heads, cfg.mlp_ratio, rngs=r, dtype=dtype)
+
     self.embed = layers.dense(patch_dim, D, axes=(None, "tensor"), rngs=rngs, dtype=dtype)
     self.enc_pos = _positions(self.grid, D, rngs)
-    self.encoder = nnx.List([layers.SpaceTimeBlock(D, cfg.heads, cfg.mlp_ratio, rngs=rngs, dtype=dtype)
-                             for _ in range(cfg.enc_depth)])
+    scan = cfg.get("scan_layers", False)  # .get: workdirs saved before the key existed
+    self.encoder = layers.BlockStack(block, cfg.enc_depth, rngs=rngs, scan=scan, remat=cfg.remat)
     self.enc_norm = layers.layer_norm(D, rngs=rngs, dtype=dtype)
     self.to_code = layers.dense(D, code_dim, axes=("fsdp", None), rngs=rngs, dtype=jnp.float32)
 
     self.from_code = layers.dense(code_dim, D, axes=(None, "tensor"), rngs=rngs, dtype=dtype)
     self.dec_pos = _positions(self.grid, D, rngs)
-    self.decoder = nnx.List([layers.SpaceTimeBlock(D, cfg.heads, cfg.mlp_ratio, rngs=rngs, dtype=dtype)
-                             for _ in range(cfg.dec_depth)])
+    self.decoder = layers.BlockStack(block, cfg.dec_depth, rngs=rngs, scan=scan, remat=cfg.remat)
     self.dec_norm = layers.layer_norm(D, rngs=rngs, dtype=dtype)
     self.to_pixels = layers.dense(D, patch_dim, axes=("fsdp", None), rngs=rngs, dtype=jnp.float32)
 
@@ -77,13 +79,13 @@ class VideoTokenizer(nnx.Module):
   def encode(self, video_BTHWC: jax.Array) -> jax.Array:
     """[0,1] pixels → continuous pre-quantisation latents z_BTND (D = code dim)."""
     x = self.embed(self.patchify(video_BTHWC * 2.0 - 1.0)) + self.enc_pos[...]
-    x = layers.run_blocks(self.encoder, x, self.cfg.remat)
+    x = self.encoder(x)
     return self.to_code(self.enc_norm(x).astype(jnp.float32))
 
   def decode(self, z_q_BTND: jax.Array) -> jax.Array:
     """Quantised latents → pixels in [-1, 1]."""
     x = self.from_code(z_q_BTND) + self.dec_pos[...]
-    x = layers.run_blocks(self.decoder, x, self.cfg.remat)
+    x = self.decoder(x)
     return self.unpatchify(self.to_pixels(self.dec_norm(x).astype(jnp.float32)))
 
   def tokenize(self, video_BTHWC: jax.Array) -> jax.Array:
