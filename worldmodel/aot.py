@@ -1,6 +1,6 @@
 """Fit check before launch: compile the train step for N devices on this machine, without running it.
 
-  python -m worldmodel.aot --config=experiments/tokenizer.py:jasmine --devices=256 --mesh=data:32,fsdp:8,tensor:1 \
+  python -m worldmodel.aot --config=experiments/tokenizer.py:jasmine --devices=256 --mesh=data:32,fsdp:8,tensor:1
       [--hbm_gib=80] [--accelerators=h100,tpu_v5p] [--config.batch_size=1024]
 
 Uses N fake CPU devices, so what it compiles is the real SPMD-partitioned program for that mesh. Prints per-device
