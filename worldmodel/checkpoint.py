@@ -66,9 +66,6 @@ class Checkpointer:
         print(f"warning: {msg}; falling back to the previous checkpoint", flush=True)
     raise CheckpointError("no readable checkpoint: " + "; ".join(errors))
 
-  def restore_config(self, step: int) -> dict:
-    return dict(self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
-
   def wait(self) -> None:
     self.manager.wait_until_finished()
 

@@ -51,10 +51,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_divisor(mesh: Mesh) -> int:
-  return mesh.shape["data"] * mesh.shape["fsdp"]
-
-
 def fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
   """Keep only the mesh axes that divide the dimension they shard (others replicate)."""
   out = []
