@@ -49,7 +49,7 @@ def test_resume_position_continues_the_sequence(dataset):
 
 def test_every_episode_is_seen_once_per_epoch(dataset):
   n = len(records.open_split(dataset, "train"))
-  sampler = pipeline.ClipSampler(records.open_split(dataset, "train"), 0, 4, 2)
+  sampler = pipeline.ClipSampler([records.open_split(dataset, "train")], 0, 4, 2)
   first_epoch = [sampler._perm(0)[g % n] for g in range(n)]
   assert sorted(first_epoch) == list(range(n))
 

@@ -10,8 +10,10 @@ loader is part of the measurement. Prints progress, then one JSON line last:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 import time
 
@@ -57,11 +59,6 @@ def bench(config, steps: int, matmul_size: int = 2048) -> dict:
   from worldmodel import runtime as runtime_lib
   from worldmodel.data import pipeline
 
-  tmp = None
-  if not config.data.dir:
-    tmp = tempfile.mkdtemp(prefix="wm-bench-")
-    _make_data(tmp, config)
-    config.data.dir = tmp
   rt = runtime_lib.build(config)
   state = rt.init_fn()
   data = iter(pipeline.train_dataset(config.data, seed=config.seed, global_batch=config.batch_size, start_step=0,
@@ -97,9 +94,6 @@ def bench(config, steps: int, matmul_size: int = 2048) -> dict:
       "mfu": flops / step_time / peak, "data_wait_frac": float(np.sum(waits) / np.sum(step_times)),
       "compile_s": compile_s, "steps": steps, "backend": jax.default_backend(),
   }
-  if tmp:
-    import shutil
-    shutil.rmtree(tmp, ignore_errors=True)
   return result
 
 
@@ -123,11 +117,21 @@ def bench_loader(config, workers: list[int], batches: int) -> dict:
           "read_threads": config.data.read_threads}
 
 
-def _make_data(out: str, config) -> None:
+@contextlib.contextmanager
+def _bench_data(config):
+  """Without data.dir, a small bouncing dataset of the config's frame size, in a temp folder removed afterwards."""
+  if config.data.dir:
+    yield
+    return
   from worldmodel.data.sources import bouncing
-  os.rmdir(out)  # the writer wants to create the directory itself
-  frames = max(32, (config.data.num_frames - 1) * config.data.frame_stride + 1)
-  bouncing.write_dataset(out, episodes=68, frames=frames, size=config.model.get("size", 64))
+  tmp = tempfile.mkdtemp(prefix="wm-bench-")
+  try:
+    frames = max(32, (config.data.num_frames - 1) * config.data.frame_stride + 1)
+    config.data.dir = bouncing.write_dataset(os.path.join(tmp, "data"), episodes=68, frames=frames,
+                                             size=config.model.get("size", 64))
+    yield
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv):
@@ -137,16 +141,9 @@ def main(argv):
     config_lib.validate(config) if config.data.dir else None
   except config_lib.ConfigError as e:
     config_lib.die(str(e))
-  with config.unlocked():
+  with config.unlocked(), _bench_data(config):
     if _LOADER.value:
-      tmp = None
-      if not config.data.dir:
-        tmp = config.data.dir = tempfile.mkdtemp(prefix="wm-bench-")
-        _make_data(tmp, config)
       result = bench_loader(config, [int(w) for w in _LOADER.value], _LOADER_BATCHES.value)
-      if tmp:
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
     else:
       result = bench(config, _STEPS.value, _MATMUL.value)
   print(json.dumps(result), flush=True)

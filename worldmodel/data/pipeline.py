@@ -72,8 +72,8 @@ class ClipSampler:
   dataset by weight and an episode uniformly, both from rng(seed, g), so it stays a pure function of g.
   """
 
-  def __init__(self, sources, seed: int, num_frames: int, frame_stride: int, *, weights=None, size: int = 0):
-    self.sources = sources if isinstance(sources, (list, tuple)) else [sources]
+  def __init__(self, sources: list, seed: int, num_frames: int, frame_stride: int, *, weights=None, size: int = 0):
+    self.sources = list(sources)
     self.weights = np.ones(len(self.sources)) / len(self.sources) if weights is None else np.asarray(weights)
     self.seed, self.size = seed, size
     self.num_frames, self.stride = num_frames, frame_stride
@@ -155,7 +155,7 @@ def eval_windows(sources, num_frames: int, stride: int, max_clips: int | None = 
   """Every non-overlapping clip window of every episode of a split: (dataset, episode, start)."""
   span = (num_frames - 1) * stride + 1
   out = []
-  for d, source in enumerate(sources if isinstance(sources, (list, tuple)) else [sources]):
+  for d, source in enumerate(sources):
     for e in range(len(source)):
       length = source[e]["video"].shape[0]
       out += [(d, e, s) for s in range(0, length - span + 1, span)]
