@@ -23,3 +23,12 @@ def run_cli(module: str, *args: str, timeout: int = 300, env: dict | None = None
   full_env.pop("XLA_FLAGS", None)
   return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
                         timeout=timeout, env=full_env)
+
+
+def experiment_config(name: str, variant: str):
+  """experiments/NAME.py's get_config(variant), loaded from its file like the CLIs do."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f"exp_{name}", os.path.join(REPO, "experiments", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)

@@ -62,7 +62,7 @@ def bench(config, steps: int, matmul_size: int = 2048) -> dict:
   rt = runtime_lib.build(config)
   state = rt.init_fn()
   data = iter(pipeline.train_dataset(config.data, seed=config.seed, global_batch=config.batch_size, start_step=0,
-                                     num_steps=steps + 1))
+                                     num_steps=steps + 1, transform=runtime_lib.sample_transform(config)))
   first = pipeline.to_global(next(data), rt.mesh)
   t0 = time.perf_counter()
   step_fn = rt.train_step.lower(state, first).compile()
@@ -99,12 +99,13 @@ def bench(config, steps: int, matmul_size: int = 2048) -> dict:
 
 def bench_loader(config, workers: list[int], batches: int) -> dict:
   """Clips/s of the grain pipeline alone (decode, window, batch) for each worker count."""
+  from worldmodel import runtime as runtime_lib
   from worldmodel.data import pipeline
   out = {}
   for w in workers:
     config.data.workers = w
     it = iter(pipeline.train_dataset(config.data, seed=config.seed, global_batch=config.batch_size, start_step=0,
-                                     num_steps=batches + 2))
+                                     num_steps=batches + 2, transform=runtime_lib.sample_transform(config)))
     for _ in range(2):  # worker start-up and first reads are not throughput
       next(it)
     t0 = time.perf_counter()

@@ -12,6 +12,7 @@ from typing import Any
 
 from absl import logging
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 ITEMS = ("state", "data", "config")
@@ -90,10 +91,43 @@ def read_numpy(item_dir: str) -> Any:
   checkpointer = ocp.PyTreeCheckpointer()
   meta = checkpointer.metadata(item_dir)
   tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
-  import numpy as np
   args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
   return checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(restore_args=args))
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def read_newest(workdir: str, step: int | None = None) -> tuple[int, Any]:
+  """(step, numpy state) of a workdir's newest (or given) checkpoint; falls back past unreadable ones."""
+  directory = os.path.join(workdir, "checkpoints")
+  steps = sorted((int(p) for p in os.listdir(directory) if p.isdigit()), reverse=True) if os.path.isdir(
+      directory) else []
+  if step is not None:
+    steps = [s for s in steps if s == step]
+  errors = []
+  for s in steps:
+    try:
+      return s, read_numpy(os.path.join(directory, str(s), "state"))
+    except Exception as e:  # a torn or corrupt save: try the previous one
+      errors.append(f"step {s}: {type(e).__name__}: {e}"[:300])
+  raise CheckpointError(f"no readable checkpoint in {directory}" + (f" ({'; '.join(errors)})" if errors else ""))
+
+
+def _path_key(path) -> tuple[str, ...]:
+  # Orbax stores list indices as string keys ('0'); the model's pure dicts use ints: compare as strings.
+  return tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def conform(loaded: Any, expected: Any, what: str) -> Any:
+  """`loaded` arranged like `expected` (a pytree of arrays or ShapeDtypeStructs); every leaf must be present with
+  the same shape, else an error listing the mismatched names and shapes."""
+  flat_l = {_path_key(k): v for k, v in jax.tree_util.tree_leaves_with_path(loaded)}
+  flat_e = {_path_key(k): v for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+  shape = lambda d, k: np.shape(d[k]) if k in d else "missing"  # noqa: E731
+  bad = ["/".join(k) + f": checkpoint {shape(flat_l, k)} vs model {shape(flat_e, k)}"
+         for k in sorted(set(flat_l) | set(flat_e)) if shape(flat_l, k) != shape(flat_e, k)]
+  if bad:
+    raise CheckpointError(f"{what} does not match the model ({len(bad)} mismatches): " + "; ".join(bad[:12]))
+  return jax.tree_util.tree_map_with_path(lambda k, _: flat_l[_path_key(k)], expected)

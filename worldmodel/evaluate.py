@@ -53,7 +53,9 @@ def evaluate(workdir: str, *, split: str = "test", data_dir: str | None = None, 
   bs = batch_size or config.eval.batch_size
   bs = -(-bs // rt.mesh.size) * rt.mesh.size  # whole batches per device
   limit = max_clips if max_clips is not None else (config.eval.max_clips or None)
-  batches, num_clips = pipeline.eval_batches(config.data, split, bs, limit)
+  batches, num_clips = pipeline.eval_batches(config.data, split, bs, limit,
+                                             transform=runtime_lib.sample_transform(config, eval=True))
+  config.eval.split = split  # evaluators that fit probes score them on this split
   evaluator = rt.objective.Evaluator(rt.model(state), config, num_media=config.eval.num_media)
   lead = jax.process_index() == 0
   t0, n_batches = time.time(), -(-num_clips // bs)

@@ -126,3 +126,28 @@ def plot_curves(path, curves: dict[str, np.ndarray], xlabel: str, ylabel: str, t
     path = _prepare_path(path)
     fig.savefig(path, format="png")
     return path
+
+
+def plot_bars(path, values: dict[str, dict[str, float]], ylabel: str, title: str) -> str:
+    """Grouped bar chart: values[series][category] (e.g. R² per state group for each encoder) to PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    categories = list(dict.fromkeys(c for series in values.values() for c in series))
+    width = 0.8 / max(len(values), 1)
+    for i, (name, series) in enumerate(values.items()):
+        xs = np.arange(len(categories)) + i * width
+        ax.bar(xs, [series.get(c, np.nan) for c in categories], width, label=name)
+    ax.set_xticks(np.arange(len(categories)) + width * (len(values) - 1) / 2, categories)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.axhline(0.0, color="black", linewidth=0.5)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = _prepare_path(path)
+    fig.savefig(path, format="png")
+    return path

@@ -107,3 +107,61 @@ class RunningMean:
     def reset(self) -> None:
         self._sums.clear()
         self._weight.clear()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Representation collapse monitors (jit-friendly): a collapsed encoder maps every input to (nearly) one vector.
+# ---------------------------------------------------------------------------------------------------------------
+def feature_std(x_BND, across_clips: bool = False) -> jnp.ndarray:
+    """Mean std of each channel across all tokens, or (across_clips) across the clips of the batch at the same token
+    position: ~0 when the features stop depending on the content, even if they still encode position."""
+    x = x_BND.astype(jnp.float32)
+    if across_clips:
+        return jnp.mean(jnp.std(x, axis=0))
+    return jnp.mean(jnp.std(x.reshape(-1, x.shape[-1]), axis=0))
+
+
+def rankme(x_BND, max_rows: int = 2048) -> jnp.ndarray:
+    """Effective rank (RankMe, Garrido et al. 2023): exp(entropy of the normalised singular values) of token features.
+
+    Singular values come from the eigenvalues of the D×D Gram matrix (cheaper than an SVD of the tokens).
+    """
+    x = x_BND.reshape(-1, x_BND.shape[-1]).astype(jnp.float32)
+    x = x[:: max(1, x.shape[0] // max_rows)]
+    eig = jnp.clip(jnp.linalg.eigvalsh(x.T @ x), 0.0, None)
+    s = jnp.sqrt(eig)
+    p = s / (jnp.sum(s) + 1e-12) + 1e-12
+    return jnp.exp(-jnp.sum(p * jnp.log(p)))
+
+
+def mean_cross_cosine(x_BND) -> jnp.ndarray:
+    """Mean cosine similarity between the mean-pooled features of different clips (1.0 when all clips look alike)."""
+    z = jnp.mean(x_BND.astype(jnp.float32), axis=1)
+    z = z / (jnp.linalg.norm(z, axis=-1, keepdims=True) + 1e-8)
+    sim = z @ z.T
+    B = z.shape[0]
+    return (jnp.sum(sim) - jnp.trace(sim)) / max(B * (B - 1), 1)
+
+
+# Thresholds that flag collapse: target features that no longer depend on the clip, or an effective rank near 1.
+# (cross_cosine is logged but not flagged: clips with a shared static background are alike in a healthy model.)
+COLLAPSE_LIMITS = {"monitor/target_std": ("<", 0.02), "monitor/rankme": ("<", 2.0)}
+
+
+def collapse_warnings(scalars: dict) -> list[str]:
+    """Human-readable reasons why logged monitors look like a collapsed representation (empty if healthy)."""
+    out = []
+    for key, (op, limit) in COLLAPSE_LIMITS.items():
+        v = scalars.get(key)
+        if v is not None and ((op == "<" and v < limit) or (op == ">" and v > limit)):
+            out.append(f"{key}={v:.4g} (healthy: {'>=' if op == '<' else '<='} {limit})")
+    return out
+
+
+def r2_score(y_true_NS, y_pred_NS) -> np.ndarray:
+    """Per-dimension coefficient of determination (1 - SSE / SST); constant dimensions give nan."""
+    y, p = np.asarray(y_true_NS, np.float64), np.asarray(y_pred_NS, np.float64)
+    sst = np.sum(np.square(y - y.mean(0)), axis=0)
+    sse = np.sum(np.square(y - p), axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(sst > 1e-12, 1.0 - sse / sst, np.nan)

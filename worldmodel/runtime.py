@@ -22,7 +22,8 @@ import optax
 from worldmodel import checkpoint
 from worldmodel.parallel import mesh as mesh_lib
 
-OBJECTIVES = {"tokenizer": "worldmodel.objectives.tokenizer"}
+OBJECTIVES = {"tokenizer": "worldmodel.objectives.tokenizer", "jepa": "worldmodel.objectives.jepa",
+              "ac": "worldmodel.objectives.ac"}
 
 
 def get_objective(name: str):
@@ -31,19 +32,46 @@ def get_objective(name: str):
   return importlib.import_module(OBJECTIVES[name])
 
 
-def make_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+def sample_transform(config: ml_collections.ConfigDict, *, eval: bool = False):
+  """What the objective adds to every sample in the data pipeline (e.g. JEPA masks), or None."""
+  make = getattr(get_objective(config.objective), "sample_transform", None)
+  return make(config, eval=eval) if make else None
+
+
+def schedule_steps(opt: ml_collections.ConfigDict, total_steps: int) -> int:
   # The schedule length is its own key so that stopping and extending a run (total_steps) never changes its past.
-  decay = opt.decay_steps if opt.decay_steps > 0 else total_steps
-  return optax.warmup_cosine_decay_schedule(0.0, opt.lr, max(opt.warmup_steps, 1), max(decay, opt.warmup_steps + 1),
-                                            end_value=opt.lr * opt.final_lr_frac)
+  return max(opt.decay_steps if opt.decay_steps > 0 else total_steps, opt.warmup_steps + 1)
 
 
-def make_optimizer(opt: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
-  # Weight decay on matrices only: biases, norms and position tables are left alone.
+def make_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """optim.schedule: 'cosine' (warmup + cosine), 'wsd' (warmup, stable, linear decay over the last
+  optim.decay_frac of the schedule: V-JEPA 2's cooldown recipe) or 'constant' (after warmup)."""
+  kind, length, warmup = opt.get("schedule", "cosine"), schedule_steps(opt, total_steps), max(opt.warmup_steps, 1)
+  end = opt.lr * opt.final_lr_frac
+  if kind == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, opt.lr, warmup, length, end_value=end)
+  if kind == "constant":
+    return optax.warmup_constant_schedule(0.0, opt.lr, warmup)
+  if kind == "wsd":
+    decay = max(1, int(round(length * opt.get("decay_frac", 0.2))))
+    return optax.join_schedules([optax.warmup_constant_schedule(0.0, opt.lr, warmup),
+                                 optax.linear_schedule(opt.lr, end, decay)], [max(length - decay, warmup)])
+  raise ValueError(f"config key 'optim.schedule' must be 'cosine', 'wsd' or 'constant', got {kind!r}")
+
+
+def make_optimizer(opt: ml_collections.ConfigDict, schedule: optax.Schedule,
+                   total_steps: int = 0) -> optax.GradientTransformation:
+  # Weight decay on matrices only: biases, norms, mask tokens and position tables are left alone.
   def decay_mask(params):
     return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+  wd = opt.weight_decay
+  if opt.get("weight_decay_end") is not None and opt.weight_decay_end != opt.weight_decay:  # V-JEPA: cosine 0.04→0.4
+    wd = optax.cosine_decay_schedule(opt.weight_decay, schedule_steps(opt, total_steps),
+                                     alpha=opt.weight_decay_end / opt.weight_decay if opt.weight_decay else 0.0)
+    if not opt.weight_decay:
+      raise ValueError("config key 'optim.weight_decay' must be > 0 when 'optim.weight_decay_end' is set")
   return optax.chain(optax.clip_by_global_norm(opt.grad_clip),
-                     optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=decay_mask))
+                     optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=wd, mask=decay_mask))
 
 
 @dataclasses.dataclass
@@ -57,6 +85,13 @@ class Runtime:
   state_shardings: Any
   abstract_state: Any
   init_fn: Callable[[], Any]
+
+  def fresh_state(self):
+    """A new train state: initialised, then (if the objective loads pretrained parts, e.g. AC's frozen encoder)
+    filled in by the objective."""
+    state = self.init_fn()
+    initialize = getattr(self.objective, "initialize", None)
+    return initialize(self, state) if initialize else state
 
   def model(self, state) -> nnx.Module:
     return nnx.merge(self.graphdef, state["params"], state["extra"])
@@ -83,18 +118,20 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   mesh = mesh if mesh is not None else mesh_lib.make_mesh(config.mesh)
   nnx.use_eager_sharding(False)  # shard once, inside the jitted init below, not variable by variable
   schedule = make_schedule(config.optim, config.total_steps)
-  tx = make_optimizer(config.optim, schedule)
+  tx = make_optimizer(config.optim, schedule, config.total_steps)
 
   create = lambda: objective.create_model(config, nnx.Rngs(config.seed))  # noqa: E731 - traced twice below
   graphdef, abs_params, abs_extra = _split(nnx.eval_shape(create))
   param_specs = nnx.to_pure_dict(nnx.get_partition_spec(abs_params))
+  extra_specs = nnx.to_pure_dict(nnx.get_partition_spec(abs_extra))  # e.g. the EMA target shards like the encoder
   abs_params, abs_extra = nnx.to_pure_dict(abs_params), nnx.to_pure_dict(abs_extra)
   repl = mesh_lib.replicated(mesh)
   param_sh = mesh_lib.shardings_for(abs_params, param_specs, mesh)
+  extra_sh = mesh_lib.shardings_for(abs_extra, extra_specs, mesh)
   abs_opt = jax.eval_shape(tx.init, abs_params)
   opt_sh = optax.tree_map_params(tx, lambda _, s: s, abs_opt, param_sh, transform_non_params=lambda _: repl,
                                  is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
-  shardings = {"step": repl, "params": param_sh, "extra": jax.tree.map(lambda _: repl, abs_extra), "opt": opt_sh}
+  shardings = {"step": repl, "params": param_sh, "extra": extra_sh, "opt": opt_sh}
   abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abs_params, "extra": abs_extra, "opt": abs_opt}
   abstract = checkpoint.abstract_with_shardings(abstract, shardings)
 
@@ -121,5 +158,8 @@ def _train_step(rt: Runtime, state: dict, batch: dict):
   (_, (logs, extra)), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
   updates, opt = rt.tx.update(grads, state["opt"], state["params"])
   params = optax.apply_updates(state["params"], updates)
+  if hasattr(rt.objective, "after_update"):  # e.g. JEPA: the EMA target follows the new encoder weights
+    extra, more = rt.objective.after_update(rt.config, params, extra, step)
+    logs = {**logs, **more}
   logs = {**logs, "grad_norm": optax.global_norm(grads), "lr": rt.schedule(step)}
   return {"step": step + 1, "params": params, "extra": extra, "opt": opt}, logs

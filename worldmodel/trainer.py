@@ -16,6 +16,7 @@ import numpy as np
 
 from worldmodel import checkpoint as ckpt_lib
 from worldmodel import config as config_lib
+from worldmodel import metrics
 from worldmodel import runtime as runtime_lib
 from worldmodel.data import pipeline, records
 from worldmodel.parallel import mesh as mesh_lib
@@ -31,6 +32,8 @@ class TrainError(RuntimeError):
 def preflight(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_lib.validate(config)
   objective = runtime_lib.get_objective(config.objective)
+  if hasattr(objective, "resolve_config"):  # fills keys derived from other runs / the data (saved in config.json)
+    objective.resolve_config(config)
   objective.check_config(config)
   meta = records.read_meta(pipeline.data_dirs(config.data)[0], pipeline.feature_map(config.data))
   sources = pipeline.open_sources(config.data, config.data.train_split)  # missing / empty split → clear error
@@ -146,7 +149,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {"step": start}
 
   data = iter(pipeline.train_dataset(config.data, seed=config.seed, global_batch=config.batch_size,
-                                     start_step=start, num_steps=config.total_steps - start))
+                                     start_step=start, num_steps=config.total_steps - start,
+                                     transform=runtime_lib.sample_transform(config)))
   writer = MetricWriter(workdir, config.total_steps)
   preempt = _Preemption()
   cfg_dict = config_lib.to_dict(config)
@@ -171,6 +175,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         rate = (step - steps_mark) / max(now - t_mark, 1e-9)
         last["data_wait_frac"] = wait_s / max(now - t_mark, 1e-9)
         writer.write(step, last, steps_per_s=rate)
+        warnings = metrics.collapse_warnings(last)
+        if warnings and lead:
+          print(f"WARNING step {step}: representation may be collapsing: {'; '.join(warnings)}", flush=True)
         t_mark, steps_mark, wait_s = now, step, 0.0
       if due_ckpt:
         ckpt.save(step, state, {"next_step": step, "seed": config.seed, "batch_size": config.batch_size,
@@ -195,7 +202,7 @@ def _restore_or_init(rt: runtime_lib.Runtime, ckpt: ckpt_lib.Checkpointer):
       raise TrainError(f"checkpoint step {step} holds data position {data_state['next_step']}: inconsistent save")
     print(f"resumed from checkpoint step {step} (data position: sample {step * rt.config.batch_size})", flush=True)
     return state, step
-  return rt.init_fn(), 0
+  return rt.fresh_state(), 0
 
 
 def _next_batch(data, step: int) -> dict:

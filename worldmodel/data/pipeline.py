@@ -121,19 +121,25 @@ def window(ep: dict, start: int, span: int, stride: int) -> dict:
 class _Sample:
   """Picklable grain map: local element i → global sample index → clip."""
 
-  def __init__(self, sampler: ClipSampler, start_step: int, global_batch: int, local_batch: int, process: int):
-    self.sampler, self.start_step = sampler, start_step
+  def __init__(self, sampler: ClipSampler, start_step: int, global_batch: int, local_batch: int, process: int,
+               transform=None):
+    self.sampler, self.start_step, self.transform = sampler, start_step, transform
     self.global_batch, self.local_batch, self.process = global_batch, local_batch, process
 
   def __call__(self, i: int) -> dict:
     step, j = divmod(int(i), self.local_batch)
     g = (self.start_step + step) * self.global_batch + self.process * self.local_batch + j
-    return self.sampler(g)
+    clip = self.sampler(g)
+    return self.transform(clip, g) if self.transform else clip
 
 
 def train_dataset(data_cfg, *, seed: int, global_batch: int, start_step: int, num_steps: int,
-                  process_index: int | None = None, process_count: int | None = None) -> grain.IterDataset:
-  """The per-process iterator for steps [start_step, start_step + num_steps)."""
+                  process_index: int | None = None, process_count: int | None = None,
+                  transform=None) -> grain.IterDataset:
+  """The per-process iterator for steps [start_step, start_step + num_steps).
+
+  `transform(clip, g)` adds per-sample extras (e.g. JEPA masks) as a pure function of the global sample index g.
+  """
   p = jax.process_index() if process_index is None else process_index
   n = jax.process_count() if process_count is None else process_count
   if global_batch % n:
@@ -142,7 +148,7 @@ def train_dataset(data_cfg, *, seed: int, global_batch: int, start_step: int, nu
   sources = open_sources(data_cfg, data_cfg.train_split)
   sampler = ClipSampler(sources, seed, data_cfg.num_frames, data_cfg.frame_stride,
                         weights=mixture_weights(data_cfg, len(sources)), size=frame_size(data_cfg))
-  ds = grain.MapDataset.range(num_steps * local).map(_Sample(sampler, start_step, global_batch, local, p))
+  ds = grain.MapDataset.range(num_steps * local).map(_Sample(sampler, start_step, global_batch, local, p, transform))
   ds = ds.batch(local, drop_remainder=True)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.read_threads,
                                             prefetch_buffer_size=data_cfg.prefetch))
@@ -164,8 +170,12 @@ def eval_windows(sources, num_frames: int, stride: int, max_clips: int | None = 
   return out
 
 
-def eval_batches(data_cfg, split: str, batch_size: int, max_clips: int | None = None) -> tuple[Iterator[dict], int]:
-  """Deterministic pass over a split; the last batch is padded and carries `valid` (1 real clip, 0 padding)."""
+def eval_batches(data_cfg, split: str, batch_size: int, max_clips: int | None = None,
+                 transform=None) -> tuple[Iterator[dict], int]:
+  """Deterministic pass over a split; the last batch is padded and carries `valid` (1 real clip, 0 padding).
+
+  `transform(clip, k)` as in train_dataset, with k the clip's index in the split.
+  """
   sources = open_sources(data_cfg, split)
   size = frame_size(data_cfg)
   wins = eval_windows(sources, data_cfg.num_frames, data_cfg.frame_stride, max_clips)
@@ -178,7 +188,7 @@ def eval_batches(data_cfg, split: str, batch_size: int, max_clips: int | None = 
     d, e, s = wins[min(k, len(wins) - 1)]
     clip = checked_clip(window(sources[d][e], s, span, data_cfg.frame_stride), size, sources[d], e)
     clip["valid"] = np.float32(k < len(wins))
-    return clip
+    return transform(clip, k) if transform else clip
 
   padded = -(-len(wins) // batch_size) * batch_size
   ds = grain.MapDataset.range(padded).map(load).batch(batch_size)

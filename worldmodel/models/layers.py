@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from worldmodel.models import positions
+
 _init = nnx.initializers.xavier_uniform()
 
 
@@ -36,12 +38,21 @@ class Attention(nnx.Module):
     self.qkv = dense(dim, 3 * dim, axes=("fsdp", "tensor"), rngs=rngs, dtype=dtype)
     self.out = dense(dim, dim, axes=("tensor", "fsdp"), rngs=rngs, dtype=dtype)
 
-  def __call__(self, x_BLD: jax.Array, *, causal: bool = False) -> jax.Array:
+  def qkv_heads(self, x_BLD: jax.Array, rope=None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """q, k, v [B, L, H, K]; `rope` = (sin, cos) [B, L, K] rotates q and k."""
     B, L, D = x_BLD.shape
     # Heads-major layout [.., H, 3, K]: splitting the fused output over `tensor` splits whole heads.
     qkv_BLH3K = self.qkv(x_BLD).reshape(B, L, self.heads, 3, D // self.heads)
     q, k, v = (qkv_BLH3K[:, :, :, i] for i in range(3))
-    o_BLHK = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+    if rope is not None:
+      q, k = positions.apply_rope(q, *rope), positions.apply_rope(k, *rope)
+    return q, k, v
+
+  def __call__(self, x_BLD: jax.Array, *, causal: bool = False, mask=None, rope=None) -> jax.Array:
+    """`mask`: boolean, broadcastable to [B, H, L, L] (True = may attend)."""
+    B, L, D = x_BLD.shape
+    q, k, v = self.qkv_heads(x_BLD, rope)
+    o_BLHK = jax.nn.dot_product_attention(q, k, v, is_causal=causal, mask=mask)
     return self.out(o_BLHK.reshape(B, L, D))
 
 
@@ -77,6 +88,18 @@ class SpaceTimeBlock(nnx.Module):
     x_BTND = x_BTND + h.transpose(0, 2, 1, 3)
     return x_BTND + self.mlp(self.norm_m(x_BTND))
 
+class ViTBlock(nnx.Module):
+  """Pre-LN transformer block (V-JEPA's): x + attn(LN(x)), then x + MLP(LN(x))."""
+
+  def __init__(self, dim: int, heads: int, mlp_ratio: float, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.norm1 = layer_norm(dim, rngs=rngs, dtype=dtype)
+    self.attn = Attention(dim, heads, rngs=rngs, dtype=dtype)
+    self.norm2 = layer_norm(dim, rngs=rngs, dtype=dtype)
+    self.mlp = MLP(dim, int(dim * mlp_ratio), rngs=rngs, dtype=dtype)
+
+  def __call__(self, x_BLD: jax.Array, *, mask=None, rope=None) -> jax.Array:
+    x_BLD = x_BLD + self.attn(self.norm1(x_BLD), mask=mask, rope=rope)
+    return x_BLD + self.mlp(self.norm2(x_BLD))
 
 
 class BlockStack(nnx.Module):
@@ -101,9 +124,10 @@ class BlockStack(nnx.Module):
     else:
       self.blocks = nnx.List([make_block(rngs) for _ in range(depth)])
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, **kwargs) -> jax.Array:
+    """kwargs (e.g. an attention mask or RoPE tables) go to every block unchanged."""
     def call(block, h):
-      return block(h)
+      return block(h, **kwargs)
     if self.remat == "full":
       call = nnx.remat(call)
     if self.scan:

@@ -198,5 +198,6 @@ def write_dataset(out_dir: str, episodes: int, frames: int, size: int, eval_epis
     train = episodes - 2 * eval_episodes
     records.write_dataset(out_dir, {"train": make(0, train), "val": make(train, train + eval_episodes),
                                     "test": make(train + eval_episodes, episodes)},
-                          {"source": "bouncing", "frames": frames, "size": size, "seed": 0})
+                          {"source": "bouncing", "frames": frames, "size": size, "seed": 0,
+                           "state_groups": STATE_GROUPS})
     return out_dir

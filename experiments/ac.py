@@ -1,0 +1,53 @@
+"""Action-conditioned world model on a frozen JEPA encoder (V-JEPA 2-AC style).
+
+  python -m worldmodel.train --config=experiments/ac.py:VARIANT --workdir=DIR \
+      --config.data.dir=DATA --config.model.encoder_source=JEPA_WORKDIR
+
+The data needs actions (`generate --source=dmc:...` or `bouncing`); the encoder's architecture and weights come from
+the JEPA workdir (its target encoder, newest checkpoint), so `model.size` follows it.
+Variants:
+  tiny   4-frame clips, a 1-block predictor: seconds per run, used by the tests
+  dmc    8-frame dm_control clips, predictor 384 x 6 (the V-JEPA 2-AC reference's small shape)
+  small  same predictor on 8-frame clips of any source
+"""
+import ml_collections
+
+VARIANTS = ("tiny", "dmc", "small")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "small"
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {arg!r} for experiments/ac.py; choose one of {VARIANTS}")
+
+  c = ml_collections.ConfigDict()
+  c.objective = "ac"
+  c.seed = 0
+  c.total_steps = 3000
+  c.batch_size = 8
+  c.log_every_steps = 50
+
+  c.data = dict(dir="", train_split="train", num_frames=8, frame_stride=1, resize=0, weights=(),
+                features=dict(video="", action="", state="", reward=""), read_threads=2, prefetch=4, workers=0)
+  # encoder_source: the JEPA workdir; encoder_model is filled in from it (and action_dim from the data) at start.
+  c.model = dict(name="ac", encoder_source="", encoder_model={}, frames=8, size=0, max_frames=16, action_dim=0,
+                 predictor=dict(width=384, depth=6, heads=6, mlp_ratio=4.0), rollout_steps=2, dtype="float32",
+                 remat="none", scan_layers=False)
+  # V-JEPA 2-AC: warmup, constant, linear decay (WSD); constant weight decay 0.04.
+  c.optim = dict(lr=4e-4, warmup_steps=200, decay_steps=-1, final_lr_frac=0.0, schedule="wsd", decay_frac=0.2,
+                 weight_decay=0.04, b1=0.9, b2=0.999, grad_clip=1.0)
+  c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+  c.eval = dict(split="test", batch_size=16, max_clips=0, num_media=4)
+
+  if variant == "tiny":
+    c.total_steps = 20
+    c.log_every_steps = 5
+    c.data.num_frames = c.model.frames = 4
+    c.model.predictor = dict(width=32, depth=1, heads=2, mlp_ratio=4.0)
+    c.optim.update(lr=1e-3, warmup_steps=5, decay_steps=1000)
+    c.checkpoint.every_steps = 10
+    c.eval.batch_size = 8
+  elif variant == "dmc":
+    c.total_steps = 3000
+  return c

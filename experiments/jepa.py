@@ -1,0 +1,100 @@
+"""V-JEPA latent prediction on video clips.
+
+  python -m worldmodel.train --config=experiments/jepa.py:VARIANT --workdir=DIR --config.data.dir=DATA
+
+Variants:
+  tiny     4x64x64 clips, a 2-block encoder: seconds per run, used by the tests
+  dmc      16x64x64 dm_control clips (e.g. `generate --source=dmc:reacher-easy --size=64`), ViT-S-like encoder
+  small    16x64x64 clips, ViT-S encoder (384 x 12) and predictor 192 x 6: a CPU-sized real run
+  bench    the fixed benchmark shapes of `python -m worldmodel.bench` (same model as small, batch 8)
+  base     ViT-B (768 x 12) at 16x224x224, tubelet 2x16x16
+  vit_l / vit_h / vit_g   the published V-JEPA 2 encoders (RoPE) at 16x256x256, for real hardware and fit checks
+Append ',rope' for V-JEPA 2's 3-D RoPE instead of sin-cos positions, ',wsd' for a warmup-stable-decay schedule.
+"""
+import ml_collections
+
+VARIANTS = ("tiny", "dmc", "small", "bench", "base", "vit_l", "vit_h", "vit_g")
+OPTIONS = {"rope", "wsd"}
+
+# Published encoder shapes (V-JEPA 2): width, depth, heads, mlp_ratio.
+ENCODERS = {"vit_s": (384, 12, 6, 4.0), "vit_b": (768, 12, 12, 4.0), "vit_l": (1024, 24, 16, 4.0),
+            "vit_h": (1280, 32, 16, 4.0), "vit_g": (1408, 40, 22, 48 / 11)}
+
+
+def masks(short_keep: float, long_keep: float) -> dict:
+  """V-JEPA's two sets: 8 small tubes (short range) and 2 large ones (long range), each spanning the whole clip."""
+  return {"short": dict(num_blocks=8, spatial_scale=0.15, aspect_ratio=(0.75, 1.5), temporal_scale=1.0,
+                        keep=short_keep),
+          "long": dict(num_blocks=2, spatial_scale=0.7, aspect_ratio=(0.75, 1.5), temporal_scale=1.0,
+                       keep=long_keep)}
+
+
+def _encoder(name: str) -> dict:
+  w, d, h, r = ENCODERS[name]
+  return dict(width=w, depth=d, heads=h, mlp_ratio=r)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  parts = (arg or "small").split(",")
+  variant, options = parts[0], set(parts[1:])
+  if variant not in VARIANTS or not options <= OPTIONS:
+    raise ValueError(f"unknown variant {arg!r} for experiments/jepa.py; choose one of {VARIANTS} "
+                     f"(optionally with {sorted(OPTIONS)}, e.g. 'small,rope')")
+
+  c = ml_collections.ConfigDict()
+  c.objective = "jepa"
+  c.seed = 0
+  c.total_steps = 3000
+  c.batch_size = 8
+  c.log_every_steps = 50
+
+  c.data = dict(dir="", train_split="train", num_frames=16, frame_stride=1, resize=0, weights=(),
+                features=dict(video="", action="", state="", reward=""), read_threads=2, prefetch=4, workers=0)
+  # The model: encoder (and its EMA target), predictor, positions ('sincos' or 'rope'), masks with fixed keep counts.
+  c.model = dict(name="jepa", frames=16, size=64, tubelet=(2, 8, 8), pos="sincos", dtype="float32", remat="none",
+                 scan_layers=False, encoder=_encoder("vit_s"),
+                 predictor=dict(width=192, depth=6, heads=6, mlp_ratio=4.0), masks=masks(0.27, 0.09))
+  # V-JEPA: AdamW, warmup + cosine lr, weight decay cosine 0.04 → 0.4, EMA momentum linear 0.998 → 1.0.
+  c.optim = dict(lr=6.25e-4, warmup_steps=300, decay_steps=-1, final_lr_frac=0.01, schedule="cosine", decay_frac=0.2,
+                 weight_decay=0.04, weight_decay_end=0.4, b1=0.9, b2=0.999, grad_clip=10.0,
+                 ema_start=0.998, ema_end=1.0)
+  c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+  # Probes: fit on probe_train_split (probe_clips clips at most), scored on the evaluated split.
+  c.eval = dict(split="test", batch_size=16, max_clips=0, num_media=4, probes=True, probe_train_split="train",
+                probe_clips=256, probe_steps=400)
+
+  if variant == "tiny":
+    c.total_steps = 20
+    c.log_every_steps = 5
+    c.data.num_frames = c.model.frames = 4
+    c.model.encoder = dict(width=64, depth=2, heads=2, mlp_ratio=4.0)
+    c.model.predictor = dict(width=32, depth=1, heads=2, mlp_ratio=4.0)
+    c.model.masks = masks(0.25, 0.09)
+    c.optim.update(lr=1e-3, warmup_steps=10, decay_steps=1000, ema_start=0.99, ema_end=0.999)
+    c.checkpoint.every_steps = 10
+    c.eval.update(batch_size=8, probe_clips=64, probe_steps=200)
+  elif variant == "dmc":
+    c.total_steps = 4000
+    c.optim.update(lr=5e-4, warmup_steps=200, ema_start=0.996, ema_end=1.0)
+  elif variant == "small":
+    pass
+  elif variant == "bench":
+    c.total_steps = 100
+  elif variant == "base":
+    c.model.update(size=224, tubelet=(2, 16, 16), encoder=_encoder("vit_b"), remat="full", scan_layers=True)
+    c.model.predictor = dict(width=384, depth=12, heads=12, mlp_ratio=4.0)
+  else:  # the published sizes: 16 frames at 256², RoPE, bf16 compute, rematerialised scanned layers
+    c.model.update(size=256, tubelet=(2, 16, 16), pos="rope", dtype="bfloat16", encoder=_encoder(variant),
+                   remat="full", scan_layers=True)
+    c.model.predictor = dict(width=384, depth=12, heads=12, mlp_ratio=4.0)
+    c.batch_size = 3072  # V-JEPA 2's global batch
+    c.optim.update(lr=5.25e-4, warmup_steps=12000, schedule="wsd", decay_frac=0.05, weight_decay_end=0.04,
+                   ema_start=0.99925, ema_end=0.99925)
+    c.total_steps = 252000
+
+  if "rope" in options:
+    c.model.pos = "rope"
+  if "wsd" in options:
+    c.optim.schedule = "wsd"
+  return c

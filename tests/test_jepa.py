@@ -1,0 +1,156 @@
+"""JEPA: masks, positions, EMA target, collapse monitors, and train → evaluate (probes) through the CLIs."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import experiment_config, run_cli
+from worldmodel import config as config_lib
+from worldmodel import metrics, runtime
+from worldmodel.data import masks, pipeline
+from worldmodel.models import positions, vit
+from worldmodel.objectives import jepa as jepa_obj
+
+TINY = "experiments/jepa.py:tiny"
+
+
+def _config(**model):
+  c = experiment_config("jepa", "tiny")
+  c.model.update(model)
+  return c
+
+
+def test_masks_have_fixed_counts_cover_all_tokens_and_are_reproducible():
+  grid = (4, 8, 8)
+  sets = {"short": masks.MaskSet(8, 0.15, (0.75, 1.5), 1.0, 0.25), "long": masks.MaskSet(2, 0.7, (0.75, 1.5), 1.0, 0.09)}
+  t = masks.MaskTransform(grid, sets, seed=3)
+  n = 4 * 8 * 8
+  for g in range(20):
+    clip = t({}, g)
+    for name, ms in sets.items():
+      ctx, tgt = clip[f"{name}_ctx"], clip[f"{name}_tgt"]
+      assert len(ctx) == masks.context_count(ms, grid) and len(ctx) + len(tgt) == n
+      assert np.array_equal(np.sort(np.concatenate([ctx, tgt])), np.arange(n))
+  a, b = t({}, 5), t({}, 5)
+  assert all(np.array_equal(a[k], b[k]) for k in a)
+  assert not np.array_equal(t({}, 6)["short_ctx"], a["short_ctx"])
+  # Tubes span the whole clip: before the top-up to a fixed count, masked tokens repeat in every time slot.
+  rng = np.random.default_rng(0)
+  blocks = masks._blocks_mask(rng, grid, sets["short"])
+  assert (blocks == blocks[:1]).all()
+
+
+def test_mask_settings_that_cannot_give_the_counts_fail_at_config_time():
+  with pytest.raises(ValueError, match="keep=0.6 asks for"):
+    masks.check_mask_sets((4, 8, 8), [masks.MaskSet(8, 0.15, (0.75, 1.5), 1.0, 0.6)])
+  with pytest.raises(ValueError, match="context tokens"):
+    masks.check_mask_sets((4, 8, 8), [masks.MaskSet(2, 0.7, (0.75, 1.5), 1.0, 0.0)])
+
+
+def test_rope_matches_vjepa2_layout_tiled_frequencies_and_adjacent_pairs():
+  head_dim = 32  # rope_dims = 10 per axis, 2 channels left unrotated
+  d = positions.rope_dims(head_dim)
+  assert d == 10
+  coords = np.array([[1, 2, 3], [0, 5, 7]])
+  x = np.random.default_rng(0).normal(size=(1, 2, 1, head_dim)).astype(np.float32)
+  sin, cos = positions.rope_angles(jnp.asarray(coords)[None], head_dim)
+  got = np.asarray(positions.apply_rope(jnp.asarray(x), sin, cos))
+  # Reference written from the description: per axis, freq tiled [f0..f4, f0..f4], pairs (2i, 2i+1) rotated.
+  want = x.copy()
+  omega = 1.0 / 10000 ** (np.arange(d // 2) / (d / 2))
+  for n in range(2):
+    for a in range(3):
+      seg = x[0, n, 0, a * d:(a + 1) * d]
+      f = np.tile(coords[n, a] * omega, 2)
+      rot = np.stack([-seg[1::2], seg[0::2]], axis=-1).reshape(-1)
+      want[0, n, 0, a * d:(a + 1) * d] = seg * np.cos(f) + rot * np.sin(f)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_sincos_table_shape_and_uniqueness():
+  table = positions.sincos_3d((2, 4, 4), 48)
+  assert table.shape == (32, 48)
+  assert len(np.unique(table.round(5), axis=0)) == 32
+
+
+def test_ema_target_gets_no_gradient_or_optimizer_state_and_follows_the_encoder(dataset):
+  config = _config()
+  config.data.dir = dataset
+  rt = runtime.build(config)
+  state = rt.init_fn()
+  assert "target_encoder" not in state["params"] and "target_encoder" in state["extra"]
+  assert "target_encoder" not in str(jax.tree_util.tree_structure(state["opt"]))
+  np.testing.assert_array_equal(state["extra"]["target_encoder"]["norm"]["scale"], state["params"]["encoder"]["norm"]["scale"])
+  batch = next(iter(pipeline.train_dataset(config.data, seed=0, global_batch=config.batch_size, start_step=0,
+                                           num_steps=1, transform=runtime.sample_transform(config))))
+  batch = pipeline.to_global(batch, rt.mesh)
+  state, _ = rt.train_step(state, batch)  # step 0 has lr 0 (warmup from 0): take the second step
+  before = jax.tree.map(np.asarray, state)
+  new, logs = rt.train_step(state, batch)
+  m = float(logs["ema_momentum"])
+  k = ("blocks", "blocks", 0, "mlp", "up", "kernel")
+  pick = lambda tree: tree[k[0]][k[1]][k[2]][k[3]][k[4]][k[5]]  # noqa: E731
+  want = m * pick(before["extra"]["target_encoder"]) + (1 - m) * pick(jax.device_get(new["params"]["encoder"]))
+  np.testing.assert_allclose(pick(jax.device_get(new["extra"]["target_encoder"])), want, rtol=1e-6, atol=1e-7)
+  assert not np.allclose(pick(jax.device_get(new["params"]["encoder"])), pick(before["params"]["encoder"]))
+  for key in ("monitor/target_std", "monitor/pred_std", "monitor/rankme", "monitor/cross_cosine",
+              "monitor/ema_distance"):
+    assert np.isfinite(float(logs[key])), key
+
+
+def test_collapse_monitors_flag_a_collapsed_encoder(dataset):
+  config = _config()
+  config.data.dir = dataset
+  rt = runtime.build(config)
+  state = rt.init_fn()
+  batch = next(iter(pipeline.train_dataset(config.data, seed=0, global_batch=config.batch_size, start_step=0,
+                                           num_steps=1, transform=runtime.sample_transform(config))))
+  batch = pipeline.to_global(batch, rt.mesh)
+  healthy = {k: float(v) for k, v in rt.eval_step(state, batch).items() if k.startswith("monitor/")}
+  assert metrics.collapse_warnings(healthy) == [], healthy
+  # Deliberate collapse: the target encoder's final LayerNorm maps every token to its bias.
+  state["extra"]["target_encoder"]["norm"]["scale"] = jnp.zeros_like(state["extra"]["target_encoder"]["norm"]["scale"])
+  state["extra"]["target_encoder"]["norm"]["bias"] = jnp.linspace(-1, 1, config.model.encoder.width)
+  collapsed = {k: float(v) for k, v in rt.eval_step(state, batch).items() if k.startswith("monitor/")}
+  warnings = metrics.collapse_warnings(collapsed)
+  assert any("target_std" in w for w in warnings) and any("rankme" in w for w in warnings), collapsed
+  assert collapsed["monitor/rankme"] < 1.5 < healthy["monitor/rankme"]
+
+
+def test_predictor_runs_mask_sets_of_equal_length_as_one_batch():
+  config = _config()
+  model = jepa_obj.create_model(config, nnx.Rngs(0))
+  video = jnp.zeros((2, 4, 64, 64, 3))
+  ids = jnp.tile(jnp.arange(128, dtype=jnp.int32), (2, 1))
+  sets = [(model.encoder(video, ids[:, :k]), ids[:, :k], ids[:, k:]) for k in (32, 12)]
+  together = model.predictor(sets)
+  apart = [model.predictor([s])[0] for s in sets]
+  assert together[0].shape == (2, 96, 64) and together[1].shape == (2, 116, 64)
+  np.testing.assert_allclose(together[0], apart[0], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_jepa_train_evaluate_probes_and_bad_mask_config(tmp_path, dataset):
+  w = tmp_path / "jepa"
+  r = run_cli("worldmodel.train", f"--config={TINY}", f"--workdir={w}", f"--config.data.dir={dataset}",
+              "--config.total_steps=20")
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = [json.loads(x) for x in open(w / "metrics.jsonl")]
+  assert rows[-1]["loss"] < rows[0]["loss"] and "monitor/rankme" in rows[-1]
+  r = run_cli("worldmodel.evaluate", f"--workdir={w}", "--split=test")
+  assert r.returncode == 0, r.stderr[-3000:]
+  m = json.load(open(w / "eval" / "20" / "metrics.json"))
+  assert np.isfinite(m["masked_loss"]) and m["num_clips"] == 12
+  for kind in ("ridge", "attentive"):
+    for enc in ("trained", "random_init", "pixels"):
+      assert set(m["probe_r2"][kind][enc]) >= {"agent_pos", "ball_pos", "all"}
+  assert os.path.getsize(m["media"]["probe_r2_ridge_png"]) > 1000
+
+  r = run_cli("worldmodel.train", f"--config={TINY}", f"--workdir={tmp_path / 'bad'}", f"--config.data.dir={dataset}",
+              "--config.model.masks.long.keep=0.8")
+  assert r.returncode != 0 and "keep=0.8 asks for" in r.stderr, r.stderr[-2000:]
+  assert not (tmp_path / "bad" / "checkpoints").exists()

@@ -1,0 +1,145 @@
+"""V-JEPA objective: predict the target encoder's features of masked tubes from the context encoder's features.
+
+loss = mean over mask sets of L1(predictor(context), LayerNorm(target_encoder(clip))[targets]); the target encoder
+is an EMA of the encoder (updated in `after_update`). Masks come from the data pipeline (`sample_transform`) with a
+fixed number of tokens per set. Collapse monitors are logged every step (`monitor/...`).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from worldmodel import metrics
+from worldmodel.data import masks as masks_lib
+from worldmodel.models import vit
+from worldmodel.models.jepa import JEPA
+from worldmodel.objectives import tokenizer as tok_obj
+
+
+def create_model(config: ml_collections.ConfigDict, rngs) -> JEPA:
+  return JEPA(config.model, rngs=rngs)
+
+
+def grid(config) -> tuple[int, int, int]:
+  m = config.model
+  return vit.token_grid(m.frames, m.size, m.tubelet)
+
+
+def mask_sets(config) -> dict[str, masks_lib.MaskSet]:
+  return {name: masks_lib.MaskSet.from_config(c) for name, c in config.model.masks.items()}
+
+
+def sample_transform(config, *, eval: bool = False):
+  # Eval masks use another seed stream than training, but are just as reproducible.
+  return masks_lib.MaskTransform(grid(config), mask_sets(config), config.seed + (7919 if eval else 0))
+
+
+def batch_spec(config: ml_collections.ConfigDict, sharding) -> dict:
+  m, B = config.model, config.batch_size
+  n = int(np.prod(grid(config)))
+  spec = {"video": jax.ShapeDtypeStruct((B, m.frames, m.size, m.size, 3), jnp.uint8, sharding=sharding)}
+  for name, ms in mask_sets(config).items():
+    k = masks_lib.context_count(ms, grid(config))
+    spec[f"{name}_ctx"] = jax.ShapeDtypeStruct((B, k), jnp.int32, sharding=sharding)
+    spec[f"{name}_tgt"] = jax.ShapeDtypeStruct((B, n - k), jnp.int32, sharding=sharding)
+  return spec
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  m = config.model
+  tok_obj._ints("model.tubelet", m.tubelet, length=3, minimum=1)
+  for key in ("frames", "size"):
+    tok_obj._ints(f"model.{key}", (m[key],), minimum=1)
+  for part in ("encoder", "predictor"):
+    for key in ("width", "depth", "heads"):
+      tok_obj._ints(f"model.{part}.{key}", (m[part][key],), minimum=1)
+    if m[part].width % m[part].heads:
+      raise ValueError(f"config key 'model.{part}.width' ({m[part].width}) must be divisible by "
+                       f"'model.{part}.heads' ({m[part].heads})")
+  for key, n in (("frames", 0), ("size", 1), ("size", 2)):
+    if m[key] % m.tubelet[n]:
+      raise ValueError(f"config key 'model.{key}' ({m[key]}) is not divisible by model.tubelet[{n}] ({m.tubelet[n]})")
+  if not m.masks:
+    raise ValueError("config key 'model.masks' needs at least one mask set")
+  masks_lib.check_mask_sets(grid(config), list(mask_sets(config).values()))
+  vit.PositionTable(m.pos, grid(config), m.encoder.width, m.encoder.heads)  # validates model.pos
+
+
+def check_data(config: ml_collections.ConfigDict, frame_size: int) -> None:
+  tok_obj.check_data(config, frame_size)
+
+
+def layer_norm(x: jax.Array) -> jax.Array:
+  """LayerNorm without affine parameters: how V-JEPA normalises its regression targets."""
+  x = x.astype(jnp.float32)
+  mu, var = jnp.mean(x, -1, keepdims=True), jnp.var(x, -1, keepdims=True)
+  return (x - mu) * jax.lax.rsqrt(var + 1e-6)
+
+
+def _forward(model: JEPA, batch: dict, names) -> tuple[jax.Array, list, list]:
+  video = tok_obj.to_float(batch["video"])
+  target_BND = layer_norm(jax.lax.stop_gradient(model.target_encoder(video)))
+  sets, targets = [], []
+  for name in names:
+    ctx_ids, tgt_ids = batch[f"{name}_ctx"], batch[f"{name}_tgt"]
+    sets.append((model.encoder(video, ctx_ids), ctx_ids, tgt_ids))
+    targets.append(vit.gather_tokens(target_BND, tgt_ids))
+  preds = model.predictor(sets)
+  return target_BND, [p.astype(jnp.float32) for p in preds], targets
+
+
+def loss_fn(model: JEPA, batch: dict, *, rng: jax.Array, train: bool):
+  del rng, train  # masks come with the batch; no dropout
+  names = _names(batch)
+  target_BND, preds, targets = _forward(model, batch, names)
+  per_set = [jnp.mean(jnp.abs(p - t)) for p, t in zip(preds, targets)]
+  loss = sum(per_set) / len(per_set)
+  logs = {"loss": loss, **{f"loss/{n}": l for n, l in zip(names, per_set)},
+          **monitors(model, target_BND, preds[0])}
+  return loss, logs
+
+
+def _names(batch: dict) -> list[str]:
+  """Mask-set names in a fixed (sorted) order: set i uses the predictor's mask token i."""
+  return sorted(k[:-4] for k in batch if k.endswith("_ctx"))
+
+
+def monitors(model: JEPA, target_BND: jax.Array, pred_BMD: jax.Array) -> dict:
+  """Collapse diagnostics: spread of target and predicted features, effective rank, cross-clip similarity."""
+  target_BND = jax.lax.stop_gradient(target_BND)
+  return {"monitor/target_std": metrics.feature_std(target_BND, across_clips=True),
+          "monitor/pred_std": metrics.feature_std(jax.lax.stop_gradient(pred_BMD)),
+          "monitor/rankme": metrics.rankme(target_BND),
+          "monitor/cross_cosine": metrics.mean_cross_cosine(target_BND)}
+
+
+def ema_momentum(config, step: jax.Array) -> jax.Array:
+  """Linear from optim.ema_start to optim.ema_end over the schedule (V-JEPA: 0.998 → 1.0; V-JEPA 2: constant)."""
+  from worldmodel.runtime import schedule_steps
+  o = config.optim
+  frac = jnp.clip(step.astype(jnp.float32) / schedule_steps(o, config.total_steps), 0.0, 1.0)
+  return o.ema_start + (o.ema_end - o.ema_start) * frac
+
+
+def after_update(config, params: dict, extra: dict, step: jax.Array) -> tuple[dict, dict]:
+  """target ← m·target + (1 - m)·encoder, on the weights just updated by the optimizer."""
+  m = ema_momentum(config, step)
+  target = jax.tree.map(lambda t, p: m * t + (1.0 - m) * p, extra["target_encoder"], params["encoder"])
+  diff = jax.tree.map(lambda t, p: jnp.sum(jnp.square(t - p)), target, params["encoder"])
+  norm = jax.tree.map(lambda p: jnp.sum(jnp.square(p)), params["encoder"])
+  distance = jnp.sqrt(sum(jax.tree.leaves(diff)) / (sum(jax.tree.leaves(norm)) + 1e-12))
+  return {**extra, "target_encoder": target}, {"ema_momentum": m, "monitor/ema_distance": distance}
+
+
+def eval_step(model: JEPA, batch: dict) -> dict:
+  """Per-clip masked-prediction loss, monitors, and target-encoder features for the probes."""
+  names = _names(batch)
+  target_BND, preds, targets = _forward(model, batch, names)
+  per_clip = sum(jnp.mean(jnp.abs(p - t), axis=(1, 2)) for p, t in zip(preds, targets)) / len(names)
+  raw_BND = model.target_encoder(tok_obj.to_float(batch["video"]))
+  return {"loss_B": per_clip, "features": raw_BND, **monitors(model, target_BND, preds[0])}
+
+
+from worldmodel.objectives.jepa_eval import Evaluator  # noqa: E402,F401  (the evaluator lives in its own file)

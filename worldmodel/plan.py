@@ -1,0 +1,159 @@
+"""Plan with an action-conditioned world model: MPC toward a goal image in the real MuJoCo environment.
+
+  python -m worldmodel.plan --workdir=AC_WORKDIR --env=dmc:reacher-easy --episodes=10
+
+Each step: encode the current frame and the goal image with the frozen encoder, search action sequences with CEM
+(or MPPI) for the one whose latent rollout ends closest (L1) to the goal's features, execute its first action,
+replan. The same episodes run with random actions as a baseline. Writes WORKDIR/plan/<step>/metrics.json (success
+rate, final fingertip distance, planning time) and a video of the first episode (observation | goal).
+Episode seeds start at 1,000,000 so they never coincide with generated training episodes.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+
+from absl import app, flags
+import numpy as np
+
+from worldmodel import config as config_lib
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of an action-conditioned run (experiments/ac.py).")
+_ENV = flags.DEFINE_string("env", "dmc:reacher-easy", "Environment: dmc:DOMAIN-TASK with a goal definition.")
+_EPISODES = flags.DEFINE_integer("episodes", 10, "Episodes to plan (and to run with random actions).")
+_STEPS = flags.DEFINE_integer("steps", 60, "Environment steps per episode.")
+_HORIZON = flags.DEFINE_integer("horizon", 4, "Planning horizon (predicted frames).")
+_PLANNER = flags.DEFINE_enum("planner", "cem", ["cem", "mppi"], "Sampling planner.")
+_SAMPLES = flags.DEFINE_integer("samples", 64, "Candidate action sequences per planner iteration.")
+_ITERS = flags.DEFINE_integer("iterations", 4, "Planner iterations per step.")
+_ELITES = flags.DEFINE_integer("elites", 8, "CEM elites.")
+_SEED = flags.DEFINE_integer("seed", 0, "First episode seed (offset by 1,000,000).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest.")
+_OUT = flags.DEFINE_string("out", None, "Output directory; default: WORKDIR/plan/<step>.")
+flags.mark_flag_as_required("workdir")
+
+SEED_OFFSET = 1_000_000
+
+
+def load_world_model(workdir: str, step: int | None = None):
+  """(step, config, model) of an AC workdir; a clear error for any other kind of run."""
+  from worldmodel import checkpoint as ckpt_lib
+  from worldmodel import runtime as runtime_lib
+  config = config_lib.load_workdir_config(workdir)
+  if config.objective != "ac":
+    raise config_lib.ConfigError(
+        f"{workdir} holds a {config.objective!r} model; planning needs an action-conditioned model. Train one on "
+        f"its features: python -m worldmodel.train --config=experiments/ac.py:dmc --config.model.encoder_source="
+        f"{'THIS_WORKDIR' if config.objective == 'jepa' else 'JEPA_WORKDIR'} --workdir=AC_WORKDIR")
+  rt = runtime_lib.build(config)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+  step, state, _ = ckpt.restore(rt.abstract_state, step)
+  ckpt.close()
+  return step, config, rt.model(state)
+
+
+def make_planner(model, env, *, horizon: int, planner: str, samples: int, iterations: int, elites: int):
+  """plan_fn(obs_HWC, goal_HWC, key, warm_HA) -> actions_HA, one jitted function for the whole search."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from worldmodel import planning
+
+  graphdef, weights = nnx.split(model)
+  low_A, high_A = env.low_A, env.high_A
+
+  @jax.jit
+  def plan(weights, obs_HWC, goal_HWC, key, warm_HA):
+    m = nnx.merge(graphdef, weights)
+    z = m.encode(jnp.stack([obs_HWC, goal_HWC])[None])[0]  # [2, N, D]
+    z0_1CND, goal_ND = z[None, :1], z[1]
+
+    def cost_fn(actions_NHA):
+      n = actions_NHA.shape[0]
+      preds = m.rollout(jnp.broadcast_to(z0_1CND, (n,) + z0_1CND.shape[1:]), actions_NHA, horizon)
+      return jnp.mean(jnp.abs(preds[:, -1] - goal_ND), axis=(1, 2))
+
+    if planner == "cem":
+      return planning.cem(cost_fn, key, horizon=horizon, low_A=low_A, high_A=high_A, samples=samples,
+                          elites=elites, iterations=iterations, init_mean_HA=warm_HA)[0]
+    return planning.mppi(cost_fn, key, horizon=horizon, low_A=low_A, high_A=high_A, samples=samples,
+                         iterations=iterations, init_mean_HA=warm_HA)[0]
+
+  return functools.partial(plan, weights)
+
+
+def run(workdir: str, *, env_name: str, episodes: int, steps: int, horizon: int, planner: str, samples: int,
+        iterations: int, elites: int, seed: int = 0, step: int | None = None, out_dir: str | None = None) -> dict:
+  from worldmodel import media, planning
+  from worldmodel.data import pipeline, records
+  from worldmodel.envs import dmc_goal
+
+  if not env_name.startswith("dmc:"):
+    raise ValueError(f"--env={env_name!r}: only dmc:DOMAIN-TASK environments can be planned in")
+  step, config, model = load_world_model(workdir, step)
+  meta = records.read_meta(pipeline.data_dirs(config.data)[0], pipeline.feature_map(config.data))
+  # The env must show what the model was trained on: same frame size, camera and action repeat as the data.
+  env = dmc_goal.GoalEnv(env_name[4:], size=config.model.size, camera=int(meta.get("camera", 0)),
+                         action_repeat=int(meta.get("action_repeat", 1)))
+  if len(env.low_A) != config.model.action_dim:
+    raise ValueError(f"{env_name} has {len(env.low_A)}-D actions but the model in {workdir} was trained on "
+                     f"{config.model.action_dim}-D actions")
+  plan_fn = make_planner(model, env, horizon=horizon, planner=planner, samples=samples, iterations=iterations,
+                         elites=elites)
+  planned, random = [], []
+  t0 = time.time()
+  for i in range(episodes):
+    s = SEED_OFFSET + seed + i
+    planned.append(planning.run_mpc(env, plan_fn, steps=steps, horizon=horizon, seed=s))
+    random.append(planning.random_policy_episode(env, steps, seed=s))
+    p, r = planned[-1], random[-1]
+    print(f"episode {i + 1}/{episodes} (seed {s}): planned success {p['success']} final distance "
+          f"{p['final_distance']:.3f} | random success {r['success']} final distance {r['final_distance']:.3f} "
+          f"| {np.median(p['plan_seconds'][1:] if len(p['plan_seconds']) > 1 else p['plan_seconds']):.3f} s/plan",
+          flush=True)
+
+  out_dir = out_dir or os.path.join(workdir, "plan", str(step))
+  os.makedirs(out_dir, exist_ok=True)
+  plan_s = np.concatenate([p["plan_seconds"][1:] for p in planned if len(p["plan_seconds"]) > 1] or [[np.nan]])
+  result = {"step": step, "env": env_name, "episodes": episodes, "steps": steps, "horizon": horizon,
+            "planner": planner, "samples": samples, "iterations": iterations,
+            "success_rate": float(np.mean([p["success"] for p in planned])),
+            "final_success_rate": float(np.mean([p["final_success"] for p in planned])),
+            "final_distance": float(np.mean([p["final_distance"] for p in planned])),
+            "random_success_rate": float(np.mean([r["success"] for r in random])),
+            "random_final_success_rate": float(np.mean([r["final_success"] for r in random])),
+            "random_final_distance": float(np.mean([r["final_distance"] for r in random])),
+            "plan_seconds_median": float(np.median(plan_s)), "wall_seconds": time.time() - t0}
+  first = planned[0]
+  goal = np.broadcast_to(first["goal_HWC"], first["frames_THWC"].shape)
+  video = np.stack([media.side_by_side([f[None], g[None]])[0] for f, g in zip(first["frames_THWC"], goal)])
+  result["media"] = {"episode_mp4": media.write_mp4(os.path.join(out_dir, "episode0_obs_vs_goal.mp4"), video,
+                                                    fps=10, scale=3),
+                     "distance_png": media.plot_curves(
+                         os.path.join(out_dir, "distance.png"),
+                         {"planned": np.mean([p["distance_T"] for p in planned], 0),
+                          "random": np.mean([r["distance_T"] for r in random], 0)},
+                         "env step", "fingertip-target distance", f"{env_name}: mean over {episodes} episodes")}
+  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  print(json.dumps({k: v for k, v in result.items() if k != "media"}))
+  print(f"wrote {os.path.join(out_dir, 'metrics.json')}")
+  return result
+
+
+def main(argv):
+  del argv
+  from worldmodel.checkpoint import CheckpointError
+  from worldmodel.data.records import DatasetError
+  try:
+    run(_WORKDIR.value, env_name=_ENV.value, episodes=_EPISODES.value, steps=_STEPS.value, horizon=_HORIZON.value,
+        planner=_PLANNER.value, samples=_SAMPLES.value, iterations=_ITERS.value, elites=_ELITES.value,
+        seed=_SEED.value, step=_STEP.value, out_dir=_OUT.value)
+  except (config_lib.ConfigError, CheckpointError, DatasetError, ValueError) as e:
+    config_lib.die(str(e))
+
+
+if __name__ == "__main__":
+  app.run(main)

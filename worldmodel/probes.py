@@ -1,0 +1,104 @@
+"""Frozen-feature probes of physical state: linear ridge and attentive (V-JEPA's cross-attention pooler).
+
+Both take token features [n, L, D] (the L spatial tokens of one time slot) and targets [n, S], fit on one split and
+report R² per state group on another. Targets and ridge inputs are standardised with train statistics.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from worldmodel import metrics
+
+RIDGE_ALPHAS = np.logspace(-3, 4, 15)
+
+
+def pool_tokens(x_nLD: np.ndarray, grid_hw: tuple[int, int], out: int = 2) -> np.ndarray:
+  """Average-pool the token grid to out×out cells and concatenate them: [n, out·out·D] (keeps coarse position)."""
+  n, L, D = x_nLD.shape
+  h, w = grid_hw
+  x = x_nLD.reshape(n, out, h // out, out, w // out, D).mean(axis=(2, 4))
+  return x.reshape(n, out * out * D)
+
+
+def _standardise(train: np.ndarray, test: np.ndarray):
+  mu, sd = train.mean(0), train.std(0) + 1e-6
+  return (train - mu) / sd, (test - mu) / sd, (mu, sd)
+
+
+def ridge_probe(x_train, y_train, x_test, y_test, *, holdout: float = 0.2, seed: int = 0) -> np.ndarray:
+  """Closed-form ridge; α chosen on a held-out part of the train split, then refit on all of it. R² per target."""
+  x_tr, x_te, _ = _standardise(np.asarray(x_train, np.float64), np.asarray(x_test, np.float64))
+  y_tr, y_te, _ = _standardise(np.asarray(y_train, np.float64), np.asarray(y_test, np.float64))
+  perm = np.random.default_rng(seed).permutation(len(x_tr))
+  n_val = max(1, int(len(x_tr) * holdout))
+  val, fit = perm[:n_val], perm[n_val:]
+  best = min(RIDGE_ALPHAS, key=lambda a: np.mean(np.square(x_tr[val] @ _ridge(x_tr[fit], y_tr[fit], a) - y_tr[val])))
+  return metrics.r2_score(y_te, x_te @ _ridge(x_tr, y_tr, best))
+
+
+def _ridge(x, y, alpha):
+  n, f = x.shape
+  if f <= n:
+    return np.linalg.solve(x.T @ x + alpha * np.eye(f), x.T @ y)
+  return x.T @ np.linalg.solve(x @ x.T + alpha * np.eye(n), y)  # dual form when features outnumber samples
+
+
+def _attentive_init(key, L: int, D: int, S: int, width: int, heads: int) -> dict:
+  k = jax.random.split(key, 5)
+  glorot = jax.nn.initializers.glorot_uniform()
+  return {"pos": 0.02 * jax.random.normal(k[0], (L, D)), "query": 0.02 * jax.random.normal(k[1], (heads, width // heads)),
+          "wk": glorot(k[2], (D, width)), "wv": glorot(k[3], (D, width)), "head": glorot(k[4], (width, S)),
+          "head_b": jnp.zeros(S), "ln_scale": jnp.ones(D), "ln_bias": jnp.zeros(D)}
+
+
+def _attentive_apply(p: dict, x_nLD: jax.Array, heads: int) -> jax.Array:
+  mu, var = jnp.mean(x_nLD, -1, keepdims=True), jnp.var(x_nLD, -1, keepdims=True)
+  x = (x_nLD - mu) * jax.lax.rsqrt(var + 1e-6) * p["ln_scale"] + p["ln_bias"]
+  n, L, _ = x.shape
+  k = (x @ p["wk"]).reshape(n, L, heads, -1)
+  v = (x @ p["wv"]).reshape(n, L, heads, -1)
+  logits = jnp.einsum("hk,nlhk->nhl", p["query"], k) / np.sqrt(k.shape[-1])
+  pooled = jnp.einsum("nhl,nlhk->nhk", jax.nn.softmax(logits, axis=-1), v).reshape(n, -1)
+  return jax.nn.gelu(pooled) @ p["head"] + p["head_b"]
+
+
+def attentive_probe(x_train, y_train, x_test, y_test, *, steps: int = 400, batch: int = 128, lr: float = 2e-3,
+                    width: int = 128, heads: int = 4, seed: int = 0) -> np.ndarray:
+  """A learned query attends over the tokens (plus a learned position embedding); AdamW, MSE. R² per target."""
+  x_tr, x_te = np.asarray(x_train, np.float32), np.asarray(x_test, np.float32)
+  y_tr, y_te, _ = _standardise(np.asarray(y_train, np.float32), np.asarray(y_test, np.float32))
+  n, L, D = x_tr.shape
+  key = jax.random.key(seed)
+  params = _attentive_init(key, L, D, y_tr.shape[1], width, heads)
+  tx = optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=1e-4)
+  idx = np.random.default_rng(seed).integers(0, n, size=(steps, min(batch, n)))
+
+  @jax.jit
+  def train(params, x, y, idx):
+    def step(carry, i):
+      params, opt = carry
+      loss, g = jax.value_and_grad(lambda p: jnp.mean(jnp.square(_attentive_apply(p, x[i], heads) - y[i])))(params)
+      upd, opt = tx.update(g, opt, params)
+      return (optax.apply_updates(params, upd), opt), loss
+    (params, _), losses = jax.lax.scan(step, (params, tx.init(params)), idx)
+    return params, losses
+
+  params, _ = train(params, jnp.asarray(x_tr), jnp.asarray(y_tr, jnp.float32), jnp.asarray(idx))
+  apply = jax.jit(lambda p, x: _attentive_apply(p, x, heads))
+  pred = np.concatenate([np.asarray(apply(params, x_te[i:i + 512])) for i in range(0, len(x_te), 512)])
+  return metrics.r2_score(y_te, pred)
+
+
+def r2_by_group(r2_S: np.ndarray, groups: dict[str, list[int]]) -> dict[str, float]:
+  """Mean R² over each named slice of the state (dimensions that never vary are skipped)."""
+  out = {}
+  for name, ids in groups.items():
+    vals = [r2_S[i] for i in ids if i < len(r2_S) and np.isfinite(r2_S[i])]
+    if vals:
+      out[name] = float(np.mean(vals))
+  finite = r2_S[np.isfinite(r2_S)]
+  out["all"] = float(np.mean(finite)) if len(finite) else float("nan")
+  return out
