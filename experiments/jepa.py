@@ -24,9 +24,15 @@ ENCODERS = {"vit_s": (384, 12, 6, 4.0), "vit_b": (768, 12, 12, 4.0), "vit_l": (1
 def masks(short_keep: float, long_keep: float) -> dict:
   """V-JEPA's two sets: 8 small tubes (short range) and 2 large ones (long range), each spanning the whole clip."""
   return {"short": dict(num_blocks=8, spatial_scale=0.15, aspect_ratio=(0.75, 1.5), temporal_scale=1.0,
-                        keep=short_keep),
+                        keep=short_keep, anchor="random"),
           "long": dict(num_blocks=2, spatial_scale=0.7, aspect_ratio=(0.75, 1.5), temporal_scale=1.0,
-                       keep=long_keep)}
+                       keep=long_keep, anchor="random")}
+
+
+def future_mask(keep: float) -> dict:
+  """Everything after the first `keep` of the clip: the predictor must forecast, so features must carry motion."""
+  return dict(num_blocks=1, spatial_scale=1.0, aspect_ratio=(1.0, 1.0), temporal_scale=1.0 - keep, keep=keep,
+              anchor="end")
 
 
 def _encoder(name: str) -> dict:
@@ -52,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 features=dict(video="", action="", state="", reward=""), read_threads=2, prefetch=4, workers=0)
   # The model: encoder (and its EMA target), predictor, positions ('sincos' or 'rope'), masks with fixed keep counts.
   c.model = dict(name="jepa", frames=16, size=64, tubelet=(2, 8, 8), pos="sincos", dtype="float32", remat="none",
-                 scan_layers=False, encoder=_encoder("vit_s"),
+                 scan_layers=False, encoder=_encoder("vit_s"), loss_exp=1.0,
                  predictor=dict(width=192, depth=6, heads=6, mlp_ratio=4.0), masks=masks(0.27, 0.09))
   # V-JEPA: AdamW, warmup + cosine lr, weight decay cosine 0.04 → 0.4, EMA momentum linear 0.998 → 1.0.
   c.optim = dict(lr=6.25e-4, warmup_steps=300, decay_steps=-1, final_lr_frac=0.01, schedule="cosine", decay_frac=0.2,

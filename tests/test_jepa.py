@@ -154,3 +154,17 @@ def test_jepa_train_evaluate_probes_and_bad_mask_config(tmp_path, dataset):
               "--config.model.masks.long.keep=0.8")
   assert r.returncode != 0 and "keep=0.8 asks for" in r.stderr, r.stderr[-2000:]
   assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_non_finite_loss_stops_with_a_diagnostic_and_keeps_the_last_checkpoint(tmp_path, dataset):
+  w = tmp_path / "nan"
+  args = (f"--config={TINY}", f"--workdir={w}", f"--config.data.dir={dataset}", "--config.checkpoint.every_steps=10")
+  r = run_cli("worldmodel.train", *args, "--config.total_steps=10")
+  assert r.returncode == 0, r.stderr[-3000:]
+  r = run_cli("worldmodel.train", *args, "--config.total_steps=20", "--config.optim.lr=1e30",
+              "--config.optim.grad_clip=1e30")
+  assert r.returncode != 0
+  assert "non-finite" in r.stderr and "at step 1" in r.stderr and "loss" in r.stderr, r.stderr[-2000:]
+  assert sorted(os.listdir(w / "checkpoints")) == ["10"]
+  r = run_cli("worldmodel.evaluate", f"--workdir={w}", "--max_clips=8", "--noprobes")  # the kept one restores
+  assert r.returncode == 0, r.stderr[-2000:]

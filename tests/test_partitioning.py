@@ -11,35 +11,39 @@ import ml_collections
 import pytest
 from flax import nnx
 
+from conftest import experiment_config
 from worldmodel import runtime
 from worldmodel.parallel import mesh as mesh_lib
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 
 
-def _config(variant):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("exp", os.path.join(os.path.dirname(GOLDEN), "..", "experiments",
-                                                                    "tokenizer.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+def _config(name, variant):
+  config = experiment_config(name, variant)
+  if name == "ac":  # what resolve_config fills in from a JEPA workdir: the dmc JEPA's encoder
+    jepa = experiment_config("jepa", "dmc").model
+    config.model.encoder_model = ml_collections.ConfigDict(dict(
+        frames=2, size=jepa.size, tubelet=jepa.tubelet, pos=jepa.pos, dtype=jepa.dtype, remat="none",
+        scan_layers=False, encoder=jepa.encoder.to_dict()))
+    config.model.update(size=jepa.size, action_dim=2)
+  return config
 
 
 def _specs(config: ml_collections.ConfigDict) -> dict:
-  nnx.use_eager_sharding(False)
+  """Every variable's spec: Params and the rest (EMA target, frozen encoder, VQ codebook state)."""
   objective = runtime.get_objective(config.objective)
-  _, params, _ = nnx.split(nnx.eval_shape(lambda: objective.create_model(config, nnx.Rngs(0))), nnx.Param, ...)
-  flat = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.get_partition_spec(params)),
+  _, variables = nnx.split(nnx.eval_shape(lambda: objective.create_model(config, nnx.Rngs(0))))
+  flat = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.get_partition_spec(variables)),
                                              is_leaf=lambda x: isinstance(x, P))
   return {"/".join(str(getattr(k, "key", k)) for k in path): [a if a is None or isinstance(a, str) else list(a)
                                                                for a in spec] for path, spec in flat}
 
 
-@pytest.mark.parametrize("variant", ["small", "jasmine"])
-def test_partition_specs_match_the_golden_file(variant):
-  got = _specs(_config(variant))
-  path = os.path.join(GOLDEN, f"partition_specs_tokenizer_{variant}.json")
+@pytest.mark.parametrize("name,variant", [("tokenizer", "small"), ("tokenizer", "jasmine"), ("jepa", "bench"),
+                                          ("jepa", "vit_g"), ("ac", "dmc")])
+def test_partition_specs_match_the_golden_file(name, variant):
+  got = _specs(_config(name, variant))
+  path = os.path.join(GOLDEN, f"partition_specs_{name}_{variant}.json")
   if os.environ.get("WM_UPDATE_GOLDEN"):
     with open(path, "w") as f:
       json.dump(got, f, indent=1, sort_keys=True)

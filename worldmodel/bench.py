@@ -2,6 +2,7 @@
 
   python -m worldmodel.bench --config=experiments/tokenizer.py:small --steps=10 [--config.data.dir=DATA]
   python -m worldmodel.bench --config=experiments/tokenizer.py:small --loader_workers=0,1,2   # input pipeline only
+  python -m worldmodel.bench --config=experiments/ac.py:small --rollout   # AC rollout latency, CEM iteration
 
 Without --config.data.dir a small embedded dataset of the config's frame size is generated in a temp folder, so the
 loader is part of the measurement. Prints progress, then one JSON line last:
@@ -11,6 +12,7 @@ loader is part of the measurement. Prints progress, then one JSON line last:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -33,6 +35,13 @@ _MATMUL = flags.DEFINE_integer("matmul_size", 2048, "Side of the square f32 matm
 _LOADER = flags.DEFINE_list("loader_workers", [], "Benchmark only the input pipeline, once per grain worker count "
                             "given (e.g. 0,1,2), instead of the train step.")
 _LOADER_BATCHES = flags.DEFINE_integer("loader_batches", 50, "Batches timed per loader setting (after 2 warm-up).")
+_ROLLOUT = flags.DEFINE_boolean("rollout", False, "Benchmark the action-conditioned predictor's rollout instead "
+                                "(experiments/ac.py configs): ms per predicted frame at batch 1, cached vs full "
+                                "recompute, and one CEM iteration over --candidates rollouts of --horizon frames.")
+_TOKENS = flags.DEFINE_integer("rollout_tokens", 64, "--rollout: tokens per frame (an 8x8 grid).")
+_ENC_DIM = flags.DEFINE_integer("rollout_enc_dim", 384, "--rollout: encoder feature width.")
+_CANDIDATES = flags.DEFINE_integer("candidates", 64, "--rollout: action sequences per CEM iteration.")
+_HORIZON = flags.DEFINE_integer("horizon", 4, "--rollout: predicted frames per CEM candidate.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -118,6 +127,70 @@ def bench_loader(config, workers: list[int], batches: int) -> dict:
           "read_threads": config.data.read_threads}
 
 
+def bench_rollout(config, *, tokens: int, enc_dim: int, frames: int = 7, candidates: int = 64,
+                  horizon: int = 4, repeats: int = 5) -> dict:
+  """Latency of the AC predictor: cached step-by-step rollout vs recomputing the sequence for every new frame."""
+  from flax import nnx
+  from worldmodel.models.ac_predictor import ACPredictor
+  m = config.model
+  m.action_dim = m.action_dim or 7
+  side = int(round(tokens ** 0.5))
+  pred = ACPredictor(m, enc_dim, (side, side), rngs=nnx.Rngs(0))
+  graphdef, weights = nnx.split(pred)
+  rng = np.random.default_rng(0)
+  z0 = jnp.asarray(rng.normal(size=(1, side * side, enc_dim)), jnp.float32)
+  a = jnp.asarray(rng.normal(size=(1, frames, m.action_dim)), jnp.float32)
+
+  @jax.jit
+  def step(w, cache, t, z, at):
+    return nnx.merge(graphdef, w).step(cache, t, z, at)
+
+  @functools.partial(jax.jit, static_argnums=(3,))
+  def recompute(w, seq, acts, n):
+    return nnx.merge(graphdef, w)(seq[:, :n], acts[:, :n])[:, -1]
+
+  def cached_rollout():
+    cache, z = pred.init_cache(1, frames), z0
+    for t in range(frames):
+      z, cache = step(weights, cache, jnp.int32(t), z, a[:, t])
+    return jax.block_until_ready(z)
+
+  def recompute_rollout():
+    seq = jnp.zeros((1, frames, side * side, enc_dim)).at[:, 0].set(z0)
+    for t in range(frames):
+      out = recompute(weights, seq, a, t + 1)
+      if t + 1 < frames:
+        seq = seq.at[:, t + 1].set(out)
+    return jax.block_until_ready(out)
+
+  @jax.jit
+  def cem_iteration(w, z, acts_NHA):  # what a planner pays per iteration: all candidates in one batch
+    p = nnx.merge(graphdef, w)
+    cache = p.init_cache(acts_NHA.shape[0], horizon)
+    zs = jnp.broadcast_to(z, (acts_NHA.shape[0],) + z.shape[1:])
+    for t in range(horizon):
+      zs, cache = p.step(cache, jnp.int32(t), zs, acts_NHA[:, t])
+    return jnp.mean(zs, axis=(1, 2))
+  acts = jnp.asarray(rng.normal(size=(candidates, horizon, m.action_dim)), jnp.float32)
+
+  def timed(fn):
+    fn()  # compile
+    times = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+  cached = timed(cached_rollout) / frames
+  full = timed(recompute_rollout) / frames
+  cem = timed(lambda: jax.block_until_ready(cem_iteration(weights, z0, acts)))
+  p = m.predictor
+  return {"predictor": f"{p.width}x{p.depth} heads {p.heads}", "tokens_per_frame": side * side,
+          "action_dim": m.action_dim, "frames": frames, "ms_per_frame_cached": 1e3 * cached,
+          "ms_per_frame_recompute": 1e3 * full, "cem_iteration_s": cem, "cem_candidates": candidates,
+          "cem_horizon": horizon}
+
+
 @contextlib.contextmanager
 def _bench_data(config):
   """Without data.dir, a small bouncing dataset of the config's frame size, in a temp folder removed afterwards."""
@@ -142,6 +215,12 @@ def main(argv):
     config_lib.validate(config) if config.data.dir else None
   except config_lib.ConfigError as e:
     config_lib.die(str(e))
+  if _ROLLOUT.value:
+    with config.unlocked():
+      result = bench_rollout(config, tokens=_TOKENS.value, enc_dim=_ENC_DIM.value, candidates=_CANDIDATES.value,
+                             horizon=_HORIZON.value)
+    print(json.dumps(result), flush=True)
+    return
   with config.unlocked(), _bench_data(config):
     if _LOADER.value:
       result = bench_loader(config, [int(w) for w in _LOADER.value], _LOADER_BATCHES.value)

@@ -27,11 +27,13 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest
 _OUT = flags.DEFINE_string("out", None, "Output directory; default: WORKDIR/eval/<step>.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Eval batch size; default: config.eval.batch_size.")
 _MAX_CLIPS = flags.DEFINE_integer("max_clips", None, "Evaluate at most this many clips (default: the whole split).")
+_PROBES = flags.DEFINE_boolean("probes", True, "JEPA runs: fit the state probes (trained vs random-init vs pixels).")
 flags.mark_flag_as_required("workdir")
 
 
 def evaluate(workdir: str, *, split: str = "test", data_dir: str | None = None, step: int | None = None,
-             out_dir: str | None = None, batch_size: int | None = None, max_clips: int | None = None) -> dict:
+             out_dir: str | None = None, batch_size: int | None = None, max_clips: int | None = None,
+             probes: bool = True) -> dict:
   from worldmodel import checkpoint as ckpt_lib
   from worldmodel import runtime as runtime_lib
   from worldmodel.data import pipeline
@@ -56,6 +58,8 @@ def evaluate(workdir: str, *, split: str = "test", data_dir: str | None = None, 
   batches, num_clips = pipeline.eval_batches(config.data, split, bs, limit,
                                              transform=runtime_lib.sample_transform(config, eval=True))
   config.eval.split = split  # evaluators that fit probes score them on this split
+  if "probes" in config.eval:
+    config.eval.probes = config.eval.probes and probes
   evaluator = rt.objective.Evaluator(rt.model(state), config, num_media=config.eval.num_media)
   lead = jax.process_index() == 0
   t0, n_batches = time.time(), -(-num_clips // bs)
@@ -118,7 +122,7 @@ def main(argv):
   from worldmodel.data.records import DatasetError
   try:
     evaluate(_WORKDIR.value, split=_SPLIT.value, data_dir=_DATA.value, step=_STEP.value, out_dir=_OUT.value,
-             batch_size=_BATCH.value, max_clips=_MAX_CLIPS.value)
+             batch_size=_BATCH.value, max_clips=_MAX_CLIPS.value, probes=_PROBES.value)
   except (config_lib.ConfigError, CheckpointError, DatasetError, ValueError) as e:
     config_lib.die(str(e))
 

@@ -46,33 +46,35 @@ def _ridge(x, y, alpha):
   return x.T @ np.linalg.solve(x @ x.T + alpha * np.eye(n), y)  # dual form when features outnumber samples
 
 
-def _attentive_init(key, L: int, D: int, S: int, width: int, heads: int) -> dict:
+def _attentive_init(key, D: int, S: int, width: int, heads: int, queries: int) -> dict:
   k = jax.random.split(key, 5)
   glorot = jax.nn.initializers.glorot_uniform()
-  return {"pos": 0.02 * jax.random.normal(k[0], (L, D)), "query": 0.02 * jax.random.normal(k[1], (heads, width // heads)),
-          "wk": glorot(k[2], (D, width)), "wv": glorot(k[3], (D, width)), "head": glorot(k[4], (width, S)),
+  return {"query": 0.02 * jax.random.normal(k[1], (queries, heads, width // heads)),
+          "wk": glorot(k[2], (D, width)), "wv": glorot(k[3], (D, width)), "head": glorot(k[4], (queries * width, S)),
           "head_b": jnp.zeros(S), "ln_scale": jnp.ones(D), "ln_bias": jnp.zeros(D)}
 
 
 def _attentive_apply(p: dict, x_nLD: jax.Array, heads: int) -> jax.Array:
+  """Each learned query (several, so that they can lock onto different objects) attends over the tokens."""
   mu, var = jnp.mean(x_nLD, -1, keepdims=True), jnp.var(x_nLD, -1, keepdims=True)
   x = (x_nLD - mu) * jax.lax.rsqrt(var + 1e-6) * p["ln_scale"] + p["ln_bias"]
   n, L, _ = x.shape
   k = (x @ p["wk"]).reshape(n, L, heads, -1)
   v = (x @ p["wv"]).reshape(n, L, heads, -1)
-  logits = jnp.einsum("hk,nlhk->nhl", p["query"], k) / np.sqrt(k.shape[-1])
-  pooled = jnp.einsum("nhl,nlhk->nhk", jax.nn.softmax(logits, axis=-1), v).reshape(n, -1)
+  logits = jnp.einsum("qhk,nlhk->nqhl", p["query"], k) / np.sqrt(k.shape[-1])
+  pooled = jnp.einsum("nqhl,nlhk->nqhk", jax.nn.softmax(logits, axis=-1), v).reshape(n, -1)
   return jax.nn.gelu(pooled) @ p["head"] + p["head_b"]
 
 
 def attentive_probe(x_train, y_train, x_test, y_test, *, steps: int = 400, batch: int = 128, lr: float = 2e-3,
-                    width: int = 128, heads: int = 4, seed: int = 0) -> np.ndarray:
-  """A learned query attends over the tokens (plus a learned position embedding); AdamW, MSE. R² per target."""
+                    width: int = 128, heads: int = 4, queries: int = 4, seed: int = 0) -> np.ndarray:
+  """Learned queries attend over the tokens (no position embedding of the probe's own: position must come from the
+  features); AdamW, MSE. R² per target."""
   x_tr, x_te = np.asarray(x_train, np.float32), np.asarray(x_test, np.float32)
   y_tr, y_te, _ = _standardise(np.asarray(y_train, np.float32), np.asarray(y_test, np.float32))
   n, L, D = x_tr.shape
   key = jax.random.key(seed)
-  params = _attentive_init(key, L, D, y_tr.shape[1], width, heads)
+  params = _attentive_init(key, D, y_tr.shape[1], width, heads, queries)
   tx = optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=1e-4)
   idx = np.random.default_rng(seed).integers(0, n, size=(steps, min(batch, n)))
 

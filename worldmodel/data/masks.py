@@ -23,11 +23,12 @@ class MaskSet:
   aspect_ratio: tuple[float, float]
   temporal_scale: float
   keep: float  # fraction of tokens the context encoder sees
+  anchor: str = "random"  # where blocks sit in time: 'random', or 'end' (predict the future from the past)
 
   @classmethod
   def from_config(cls, c) -> "MaskSet":
     return cls(int(c.num_blocks), float(c.spatial_scale), tuple(float(a) for a in c.aspect_ratio),
-               float(c.temporal_scale), float(c.keep))
+               float(c.temporal_scale), float(c.keep), str(c.get("anchor", "random")))
 
 
 def context_count(mask_set: MaskSet, grid_THW: tuple[int, int, int]) -> int:
@@ -44,7 +45,8 @@ def _blocks_mask(rng: np.random.Generator, grid_THW, ms: MaskSet) -> np.ndarray:
     ar = np.exp(rng.uniform(np.log(ms.aspect_ratio[0]), np.log(ms.aspect_ratio[1])))
     h = int(np.clip(round(np.sqrt(area * ar)), 1, H))
     w = int(np.clip(round(np.sqrt(area / ar)), 1, W))
-    t0, h0, w0 = rng.integers(0, T - t_len + 1), rng.integers(0, H - h + 1), rng.integers(0, W - w + 1)
+    t0 = T - t_len if ms.anchor == "end" else rng.integers(0, T - t_len + 1)
+    h0, w0 = rng.integers(0, H - h + 1), rng.integers(0, W - w + 1)
     masked[t0:t0 + t_len, h0:h0 + h, w0:w0 + w] = True
   return masked
 
@@ -75,6 +77,8 @@ def check_mask_sets(grid_THW, mask_sets: list[MaskSet], *, draws: int = 200) -> 
     where = f"config key 'model.masks' (set {i})"
     if ms.num_blocks < 1 or not 0 < ms.spatial_scale <= 1 or not 0 < ms.temporal_scale <= 1:
       raise ValueError(f"{where}: need num_blocks >= 1 and spatial/temporal scales in (0, 1], got {ms}")
+    if ms.anchor not in ("random", "end"):
+      raise ValueError(f"{where}: anchor must be 'random' or 'end', got {ms.anchor!r}")
     if not 0 < ms.aspect_ratio[0] <= ms.aspect_ratio[1]:
       raise ValueError(f"{where}: aspect_ratio must be (low, high) with 0 < low <= high, got {ms.aspect_ratio}")
     k = context_count(ms, grid_THW)

@@ -1,6 +1,7 @@
 """V-JEPA objective: predict the target encoder's features of masked tubes from the context encoder's features.
 
-loss = mean over mask sets of L1(predictor(context), LayerNorm(target_encoder(clip))[targets]); the target encoder
+loss = mean over mask sets of L1(predictor(context), LayerNorm(target_encoder(clip))[targets]) (`model.loss_exp`=1;
+2 gives half the squared error, as V-JEPA's loss_exp); the target encoder
 is an EMA of the encoder (updated in `after_update`). Masks come from the data pipeline (`sample_transform`) with a
 fixed number of tokens per set. Collapse monitors are logged every step (`monitor/...`).
 """
@@ -94,11 +95,17 @@ def loss_fn(model: JEPA, batch: dict, *, rng: jax.Array, train: bool):
   del rng, train  # masks come with the batch; no dropout
   names = _names(batch)
   target_BND, preds, targets = _forward(model, batch, names)
-  per_set = [jnp.mean(jnp.abs(p - t)) for p, t in zip(preds, targets)]
+  per_set = [regression_loss(p, t, model.loss_exp) for p, t in zip(preds, targets)]
   loss = sum(per_set) / len(per_set)
   logs = {"loss": loss, **{f"loss/{n}": l for n, l in zip(names, per_set)},
           **monitors(model, target_BND, preds[0])}
   return loss, logs
+
+
+def regression_loss(pred, target, exp: float, axis=None):
+  """V-JEPA's mean(|pred - target|^exp) / exp: L1 for exp=1 (the default), half the squared error for exp=2."""
+  err = jnp.abs(pred - target)
+  return jnp.mean(err if exp == 1 else err ** exp, axis=axis) / exp
 
 
 def _names(batch: dict) -> list[str]:
@@ -137,7 +144,7 @@ def eval_step(model: JEPA, batch: dict) -> dict:
   """Per-clip masked-prediction loss, monitors, and target-encoder features for the probes."""
   names = _names(batch)
   target_BND, preds, targets = _forward(model, batch, names)
-  per_clip = sum(jnp.mean(jnp.abs(p - t), axis=(1, 2)) for p, t in zip(preds, targets)) / len(names)
+  per_clip = sum(regression_loss(p, t, model.loss_exp, axis=(1, 2)) for p, t in zip(preds, targets)) / len(names)
   raw_BND = model.target_encoder(tok_obj.to_float(batch["video"]))
   return {"loss_B": per_clip, "features": raw_BND, **monitors(model, target_BND, preds[0])}
 

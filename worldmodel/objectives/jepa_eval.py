@@ -86,13 +86,13 @@ class Evaluator:
       self.loss.update({"masked_loss": np.asarray(out["loss_B"])[valid].mean()}, weight=n)
       self.mon.update({k: np.asarray(v) for k, v in out.items() if k.startswith("monitor/")}, weight=n)
 
-  def finish(self, out_dir: str, num_clips: int, split: str = "test") -> dict:
+  def finish(self, out_dir: str, num_clips: int) -> dict:
     result = {"masked_loss": float(self.loss.result()["masked_loss"]), "num_clips": num_clips,
               **{k: float(v) for k, v in self.mon.result().items()}}
     result["collapse_warnings"] = metrics.collapse_warnings(result)
     os.makedirs(out_dir, exist_ok=True)
     if self.config.eval.get("probes", True):
-      result.update(self.probe(out_dir, split))
+      result.update(self.probe(out_dir, self.config.eval.split))
     return result
 
   def probe(self, out_dir: str, split: str) -> dict:
