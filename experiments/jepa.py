@@ -68,18 +68,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
   # Probes: fit on probe_train_split (probe_clips clips at most), scored on the evaluated split.
   c.eval = dict(split="test", batch_size=16, max_clips=0, num_media=4, probes=True, probe_train_split="train",
-                probe_clips=256, probe_steps=400)
+                probe_clips=256, probe_steps=1500)
 
   if variant == "tiny":
     c.total_steps = 20
     c.log_every_steps = 5
     c.data.num_frames = c.model.frames = 4
-    c.model.encoder = dict(width=64, depth=2, heads=2, mlp_ratio=4.0)
+    c.model.encoder = dict(width=128, depth=2, heads=4, mlp_ratio=4.0)
     c.model.predictor = dict(width=32, depth=1, heads=2, mlp_ratio=4.0)
     c.model.masks = masks(0.25, 0.09)
+    # Squared error: with L1 the predictor settles on the median token (background, on sparse synthetic scenes)
+    # and the encoder learns little about the objects (attentive-probe R² of ball positions -0.13 vs 0.63).
+    c.model.loss_exp = 2.0
     c.optim.update(lr=1e-3, warmup_steps=10, decay_steps=1000, ema_start=0.99, ema_end=0.999)
     c.checkpoint.every_steps = 10
-    c.eval.update(batch_size=8, probe_clips=64, probe_steps=200)
+    c.eval.update(batch_size=8, probe_clips=128, probe_steps=600)
   elif variant == "dmc":
     c.total_steps = 4000
     c.optim.update(lr=5e-4, warmup_steps=200, ema_start=0.996, ema_end=1.0)

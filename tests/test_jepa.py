@@ -145,10 +145,10 @@ def test_jepa_train_evaluate_probes_and_bad_mask_config(tmp_path, dataset):
   assert r.returncode == 0, r.stderr[-3000:]
   m = json.load(open(w / "eval" / "20" / "metrics.json"))
   assert np.isfinite(m["masked_loss"]) and m["num_clips"] == 12
-  for kind in ("ridge", "attentive"):
+  for kind in ("linear", "attentive"):
     for enc in ("trained", "random_init", "pixels"):
       assert set(m["probe_r2"][kind][enc]) >= {"agent_pos", "ball_pos", "all"}
-  assert os.path.getsize(m["media"]["probe_r2_ridge_png"]) > 1000
+  assert os.path.getsize(m["media"]["probe_r2_linear_png"]) > 1000
 
   r = run_cli("worldmodel.train", f"--config={TINY}", f"--workdir={tmp_path / 'bad'}", f"--config.data.dir={dataset}",
               "--config.model.masks.long.keep=0.8")

@@ -1,7 +1,8 @@
-"""Frozen-feature probes of physical state: linear ridge and attentive (V-JEPA's cross-attention pooler).
+"""Frozen-feature probes of physical state: linear (ridge on mean-pooled tokens, the classic linear evaluation) and
+attentive (learned queries cross-attending over the tokens, as V-JEPA's evaluation pooler).
 
-Both take token features [n, L, D] (the L spatial tokens of one time slot) and targets [n, S], fit on one split and
-report R² per state group on another. Targets and ridge inputs are standardised with train statistics.
+Features are the L spatial tokens of one time slot [n, L, D]; targets [n, S]; fit on one split, R² per state group
+on another. Targets and ridge inputs are standardised with train statistics.
 """
 from __future__ import annotations
 
@@ -13,14 +14,6 @@ import optax
 from worldmodel import metrics
 
 RIDGE_ALPHAS = np.logspace(-3, 4, 15)
-
-
-def pool_tokens(x_nLD: np.ndarray, grid_hw: tuple[int, int], out: int = 2) -> np.ndarray:
-  """Average-pool the token grid to out×out cells and concatenate them: [n, out·out·D] (keeps coarse position)."""
-  n, L, D = x_nLD.shape
-  h, w = grid_hw
-  x = x_nLD.reshape(n, out, h // out, out, w // out, D).mean(axis=(2, 4))
-  return x.reshape(n, out * out * D)
 
 
 def _standardise(train: np.ndarray, test: np.ndarray):
@@ -66,7 +59,7 @@ def _attentive_apply(p: dict, x_nLD: jax.Array, heads: int) -> jax.Array:
   return jax.nn.gelu(pooled) @ p["head"] + p["head_b"]
 
 
-def attentive_probe(x_train, y_train, x_test, y_test, *, steps: int = 400, batch: int = 128, lr: float = 2e-3,
+def attentive_probe(x_train, y_train, x_test, y_test, *, steps: int = 1500, batch: int = 128, lr: float = 5e-3,
                     width: int = 128, heads: int = 4, queries: int = 4, seed: int = 0) -> np.ndarray:
   """Learned queries attend over the tokens (no position embedding of the probe's own: position must come from the
   features); AdamW, MSE. R² per target."""

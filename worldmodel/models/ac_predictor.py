@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from worldmodel.models import layers, positions
+from worldmodel.models.attention import dot_product_attention
 
 
 def block_causal_mask(frames: int, per_frame: int) -> np.ndarray:
@@ -93,7 +94,7 @@ class ACPredictor(nnx.Module):
       v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"][i], v.astype(cache["v"].dtype), t * P, axis=1)
       ks.append(k_all)
       vs.append(v_all)
-      o = jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=visible)
+      o = dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=visible)
       x = x + block.attn.out(o.reshape(x.shape))
       x = x + block.mlp(block.norm2(x))
     pred = self._readout(x[:, None])[:, 0]

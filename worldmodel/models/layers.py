@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from worldmodel.models import positions
+from worldmodel.models.attention import dot_product_attention
 
 _init = nnx.initializers.xavier_uniform()
 
@@ -29,7 +30,7 @@ def layer_norm(dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32) -> nnx.LayerNorm:
 
 
 class Attention(nnx.Module):
-  """Multi-head self-attention through jax.nn.dot_product_attention (fused kernels on GPU/TPU)."""
+  """Multi-head self-attention: jax.nn.dot_product_attention (fused kernels) on GPU/TPU; see attention.py for CPU."""
 
   def __init__(self, dim: int, heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
     if dim % heads:
@@ -52,7 +53,7 @@ class Attention(nnx.Module):
     """`mask`: boolean, broadcastable to [B, H, L, L] (True = may attend)."""
     B, L, D = x_BLD.shape
     q, k, v = self.qkv_heads(x_BLD, rope)
-    o_BLHK = jax.nn.dot_product_attention(q, k, v, is_causal=causal, mask=mask)
+    o_BLHK = dot_product_attention(q, k, v, causal=causal, mask=mask)
     return self.out(o_BLHK.reshape(B, L, D))
 
 

@@ -102,11 +102,10 @@ class Evaluator:
     train_x, train_y = ex.run(encoders, e.probe_train_split, e.probe_clips)
     test_x, test_y = ex.run(encoders, split, e.probe_clips)
     groups = records.read_meta(pipeline.data_dirs(self.config.data)[0]).get("state_groups") or {}
-    hw = ex.grid[1:]
-    r2 = {"ridge": {}, "attentive": {}}
+    r2 = {"linear": {}, "attentive": {}}
     for name in encoders:
-      r2["ridge"][name] = probes.r2_by_group(probes.ridge_probe(
-          probes.pool_tokens(train_x[name], hw), train_y, probes.pool_tokens(test_x[name], hw), test_y), groups)
+      r2["linear"][name] = probes.r2_by_group(probes.ridge_probe(
+          train_x[name].mean(1), train_y, test_x[name].mean(1), test_y), groups)
       r2["attentive"][name] = probes.r2_by_group(probes.attentive_probe(
           train_x[name], train_y, test_x[name], test_y, steps=e.probe_steps), groups)
     plots = {kind: media.plot_bars(os.path.join(out_dir, f"probe_r2_{kind}.png"), r2[kind], "held-out R²",

