@@ -4,7 +4,7 @@
 
 Variants:
   tiny     4x64x64 clips, a 2-block encoder: seconds per run, used by the tests
-  dmc      16x64x64 dm_control clips (e.g. `generate --source=dmc:reacher-easy --size=64`), ViT-S-like encoder
+  dmc      8x64x64 dm_control clips (e.g. `generate --source=dmc:reacher-easy --size=64`), encoder 192 x 6
   small    16x64x64 clips, ViT-S encoder (384 x 12) and predictor 192 x 6: a CPU-sized real run
   bench    the fixed benchmark shapes of `python -m worldmodel.bench` (same model as small, batch 8)
   base     ViT-B (768 x 12) at 16x224x224, tubelet 2x16x16
@@ -83,8 +83,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.update(lr=1e-3, warmup_steps=10, decay_steps=1000, ema_start=0.99, ema_end=0.999)
     c.checkpoint.every_steps = 10
     c.eval.update(batch_size=8, probe_clips=128, probe_steps=600)
-  elif variant == "dmc":
-    c.total_steps = 4000
+  elif variant == "dmc":  # sized for a CPU: 8x64x64 clips (256 tokens), encoder 192 x 6, ~0.5 s per step
+    c.total_steps = 2000
+    c.data.num_frames = c.model.frames = 8
+    c.model.encoder = dict(width=192, depth=6, heads=3, mlp_ratio=4.0)
+    c.model.predictor = dict(width=96, depth=4, heads=3, mlp_ratio=4.0)
+    c.model.loss_exp = 2.0  # sparse scenes (an arm on a plain floor): see tiny
     c.optim.update(lr=5e-4, warmup_steps=200, ema_start=0.996, ema_end=1.0)
   elif variant == "small":
     pass
