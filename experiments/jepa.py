@@ -64,6 +64,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = dict(lr=6.25e-4, warmup_steps=300, decay_steps=-1, final_lr_frac=0.01, schedule="cosine", decay_frac=0.2,
                  weight_decay=0.04, weight_decay_end=0.4, b1=0.9, b2=0.999, grad_clip=10.0,
                  ema_start=0.998, ema_end=1.0)
+  # Fine-tuning / continued pretraining: a worldmodel workdir or a V-JEPA .pt / .safetensors encoder (init_from.py);
+  # `key` picks 'target_encoder' (default) or 'encoder' from a V-JEPA training checkpoint.
+  c.init = dict(source="", key="")
   c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
   # Probes: fit on probe_train_split (probe_clips clips at most), scored on the evaluated split.

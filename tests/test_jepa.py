@@ -168,3 +168,24 @@ def test_non_finite_loss_stops_with_a_diagnostic_and_keeps_the_last_checkpoint(t
   assert sorted(os.listdir(w / "checkpoints")) == ["10"]
   r = run_cli("worldmodel.evaluate", f"--workdir={w}", "--max_clips=8", "--noprobes")  # the kept one restores
   assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_init_source_warm_starts_from_a_workdir_and_refuses_other_shapes(tmp_path, dataset):
+  src, dst, bad = tmp_path / "src", tmp_path / "dst", tmp_path / "bad"
+  common = (f"--config={TINY}", f"--config.data.dir={dataset}")
+  r = run_cli("worldmodel.train", *common, f"--workdir={src}", "--config.total_steps=10")
+  assert r.returncode == 0, r.stderr[-3000:]
+  # One step at lr 0 (warmup starts from 0) leaves the loaded weights as they were: compare with the source.
+  r = run_cli("worldmodel.train", *common, f"--workdir={dst}", "--config.total_steps=1", f"--config.init.source={src}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "initialised params/encoder, params/predictor, extra/target_encoder from" in r.stdout, r.stdout
+  from worldmodel.checkpoint import read_newest
+  (_, a), (_, b) = read_newest(str(src)), read_newest(str(dst))
+  for x, y in zip(jax.tree.leaves(a["params"]["encoder"]), jax.tree.leaves(b["params"]["encoder"])):
+    np.testing.assert_array_equal(x, y)
+  r = run_cli("worldmodel.train", *common, f"--workdir={bad}", "--config.total_steps=1", f"--config.init.source={src}",
+              "--config.model.encoder.width=64", "--config.model.encoder.heads=2")
+  assert r.returncode != 0 and "does not match the model" in r.stderr and "checkpoint (128" in r.stderr, r.stderr[-2000:]
+  r = run_cli("worldmodel.train", *common, f"--workdir={bad}", "--config.total_steps=1",
+              f"--config.init.source={tmp_path / 'weights.bin'}")
+  assert r.returncode != 0 and "supported:" in r.stderr, r.stderr[-2000:]

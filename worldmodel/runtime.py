@@ -90,6 +90,9 @@ class Runtime:
     """A new train state: initialised, then (if the objective loads pretrained parts, e.g. AC's frozen encoder)
     filled in by the objective."""
     state = self.init_fn()
+    if self.config.get("init") and self.config.init.get("source"):  # fine-tuning: pretrained weights first
+      from worldmodel import init_from
+      state = init_from.initialize_from(self, state)
     initialize = getattr(self.objective, "initialize", None)
     return initialize(self, state) if initialize else state
 

@@ -27,9 +27,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   distributed.start(argv)
   from worldmodel import trainer  # after distributed init: importing jax-using modules is fine, using devices is not
+  from worldmodel.checkpoint import CheckpointError
   try:
     result = trainer.train(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, trainer.TrainError, ValueError) as e:
+  except (config_lib.ConfigError, trainer.TrainError, CheckpointError, ValueError) as e:
     config_lib.die(str(e))
   print(f"done: step {result['step']}; workdir {_WORKDIR.value}", flush=True)
 

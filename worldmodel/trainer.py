@@ -136,13 +136,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   rt = runtime_lib.build(config)
   lead = jax.process_index() == 0
   if lead:
-    config_lib.save_json(config, workdir)
     print(f"mesh: {mesh_lib.describe(rt.mesh)} | data: {config.data.dir} ({meta.get('source', '?')}) | "
           f"workdir: {workdir}", flush=True)
 
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
                                async_save=config.checkpoint.async_save)
   state, start = _restore_or_init(rt, ckpt)
+  if lead:  # only once the state exists: a run that failed to initialise leaves no config behind
+    config_lib.save_json(config, workdir)
   if start >= config.total_steps:
     print(f"nothing to do: checkpoint step {start} >= total_steps {config.total_steps}", flush=True)
     ckpt.close()

@@ -63,7 +63,7 @@ class MLP(nnx.Module):
     self.down = dense(hidden, dim, axes=("tensor", "fsdp"), rngs=rngs, dtype=dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.down(jax.nn.gelu(self.up(x)))
+    return self.down(jax.nn.gelu(self.up(x), approximate=False))  # exact (erf) GELU, as PyTorch ViTs: imports match
 
 
 class SpaceTimeBlock(nnx.Module):
