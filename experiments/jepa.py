@@ -87,7 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint.every_steps = 10
     c.eval.update(batch_size=8, probe_clips=128, probe_steps=600)
   elif variant == "dmc":  # sized for a CPU: 8x64x64 clips (256 tokens), encoder 192 x 6, ~0.5 s per step
-    c.total_steps = 2000
+    c.total_steps = 1200
     c.data.num_frames = c.model.frames = 8
     c.model.encoder = dict(width=192, depth=6, heads=3, mlp_ratio=4.0)
     c.model.predictor = dict(width=96, depth=4, heads=3, mlp_ratio=4.0)

@@ -58,6 +58,12 @@ def test_train_resume_is_bit_exact_and_evaluate_writes_results(tmp_path, dataset
   assert 0 < m["codebook_usage"] <= 1 and m["num_clips"] == 3 * 4  # 3 test episodes x 4 windows of 4 frames
   assert len(m["psnr_per_frame"]) == 4
   assert (a / "eval" / "20" / "truth_vs_recon.gif").stat().st_size > 1000
+
+  r = run_cli("worldmodel.evaluate", f"--workdir={a}", "--all_steps", "--max_clips=8")
+  assert r.returncode == 0, r.stderr[-3000:]
+  summary = json.load(open(a / "eval" / "all_steps" / "metrics.json"))
+  assert summary["steps"] == [10, 20] and len(summary["metrics"]["psnr"]) == 2
+  assert (a / "eval" / "all_steps" / "psnr.png").stat().st_size > 1000 and (a / "eval" / "10" / "metrics.json").exists()
   assert (a / "eval" / "20" / "psnr_per_frame.png").read_bytes()[:4] == b"\x89PNG"
   assert "psnr" in r.stdout
 

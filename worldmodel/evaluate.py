@@ -1,6 +1,7 @@
 """Evaluate a checkpoint on held-out video.
 
   python -m worldmodel.evaluate --workdir=runs/tok --split=test
+  python -m worldmodel.evaluate --workdir=runs/tok --all_steps      # every checkpoint; metric-vs-step plots
 
 Reads DIR/config.json, restores the newest checkpoint (or --step), runs the objective's evaluator over the whole split
 and writes DIR/eval/<step>/metrics.json plus media (GIF truth | reconstruction, PNG plots) and TensorBoard scalars
@@ -27,6 +28,8 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest
 _OUT = flags.DEFINE_string("out", None, "Output directory; default: WORKDIR/eval/<step>.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Eval batch size; default: config.eval.batch_size.")
 _MAX_CLIPS = flags.DEFINE_integer("max_clips", None, "Evaluate at most this many clips (default: the whole split).")
+_ALL_STEPS = flags.DEFINE_boolean("all_steps", False, "Evaluate every checkpoint in the workdir (oldest first) and "
+                                  "plot each metric against the step in WORKDIR/eval/all_steps/.")
 _PROBES = flags.DEFINE_boolean("probes", True, "JEPA runs: fit the state probes (trained vs random-init vs pixels).")
 flags.mark_flag_as_required("workdir")
 
@@ -116,13 +119,43 @@ def _print_table(result: dict, out_dir: str) -> None:
     print(f"  {name}: {path}")
 
 
+def evaluate_all_steps(workdir: str, **kwargs) -> dict:
+  """Every checkpoint in turn; then metrics.json + one PNG per scalar metric against the step."""
+  from worldmodel import checkpoint as ckpt_lib
+  from worldmodel import media
+  config = config_lib.load_workdir_config(workdir)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+  steps = ckpt.steps()
+  ckpt.close()
+  if not steps:
+    raise ckpt_lib.CheckpointError(f"no checkpoint in {workdir}/checkpoints")
+  rows = [evaluate(workdir, step=s, **kwargs) for s in steps]
+  if jax.process_index():
+    return {}
+  out_dir = os.path.join(workdir, "eval", "all_steps")
+  os.makedirs(out_dir, exist_ok=True)
+  keys = [k for k, v in rows[-1].items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"]
+  series = {k: [r.get(k, float("nan")) for r in rows] for k in keys}
+  plots = {k: media.plot_curves(os.path.join(out_dir, k.replace("/", "_") + ".png"), {k: np.asarray(v)},
+                                "checkpoint step", k, f"{k} vs step", x=np.asarray(steps)) for k, v in series.items()}
+  result = {"steps": steps, "metrics": series, "plots": plots}
+  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  print(f"wrote {os.path.join(out_dir, 'metrics.json')} and {len(plots)} plots")
+  return result
+
+
 def main(argv):
   distributed.start(argv)
   from worldmodel.checkpoint import CheckpointError
   from worldmodel.data.records import DatasetError
   try:
-    evaluate(_WORKDIR.value, split=_SPLIT.value, data_dir=_DATA.value, step=_STEP.value, out_dir=_OUT.value,
-             batch_size=_BATCH.value, max_clips=_MAX_CLIPS.value, probes=_PROBES.value)
+    kwargs = dict(split=_SPLIT.value, data_dir=_DATA.value, batch_size=_BATCH.value, max_clips=_MAX_CLIPS.value,
+                  probes=_PROBES.value)
+    if _ALL_STEPS.value:
+      evaluate_all_steps(_WORKDIR.value, **kwargs)
+    else:
+      evaluate(_WORKDIR.value, step=_STEP.value, out_dir=_OUT.value, **kwargs)
   except (config_lib.ConfigError, CheckpointError, DatasetError, ValueError) as e:
     config_lib.die(str(e))
 
