@@ -89,3 +89,25 @@ def test_jepa_then_ac_train_evaluate_and_clear_errors(tmp_path, dataset):
 
   r = run_cli("worldmodel.plan", f"--workdir={jepa}", "--episodes=1")
   assert r.returncode != 0 and "needs an action-conditioned model" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_plan_cli_in_mujoco_end_to_end(tmp_path):
+  pytest.importorskip("dm_control")
+  data, jepa, ac = tmp_path / "reacher", tmp_path / "jepa", tmp_path / "ac"
+  r = run_cli("worldmodel.data.generate", "--source=dmc:reacher-easy", f"--out={data}", "--episodes=16", "--frames=8",
+              "--size=64", "--seed=0")
+  assert r.returncode == 0, r.stderr[-2000:]
+  r = run_cli("worldmodel.train", "--config=experiments/jepa.py:tiny", f"--workdir={jepa}", f"--config.data.dir={data}",
+              "--config.total_steps=4")
+  assert r.returncode == 0, r.stderr[-2000:]
+  r = run_cli("worldmodel.train", "--config=experiments/ac.py:tiny", f"--workdir={ac}", f"--config.data.dir={data}",
+              f"--config.model.encoder_source={jepa}", "--config.total_steps=4")
+  assert r.returncode == 0, r.stderr[-2000:]
+  r = run_cli("worldmodel.plan", f"--workdir={ac}", "--env=dmc:reacher-easy", "--episodes=2", "--steps=4",
+              "--horizon=3", "--samples=8", "--iterations=2", "--elites=2")
+  assert r.returncode == 0, r.stderr[-3000:]
+  m = json.load(open(ac / "plan" / "4" / "metrics.json"))
+  for key in ("success_rate", "final_distance", "random_success_rate", "random_final_distance", "plan_seconds_median"):
+    assert np.isfinite(m[key]), key
+  assert os.path.getsize(m["media"]["episode_mp4"]) > 1000 and os.path.getsize(m["media"]["distance_png"]) > 1000

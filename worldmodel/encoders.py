@@ -1,0 +1,133 @@
+"""Pretrained video encoders for downstream code: load one, encode clips, export one on its own.
+
+  python -m worldmodel.encoders --workdir=runs/jepa --out=exports/jepa_encoder
+
+`load_encoder(path)` accepts
+  - a worldmodel JEPA workdir: the EMA target encoder of its newest checkpoint (an AC workdir: its frozen encoder),
+  - an encoder export (this CLI's output: encoder.json + Orbax weights/), which needs no training config or state,
+  - a V-JEPA / V-JEPA 2 checkpoint (.pt / .pth / .pth.tar / .safetensors; worldmodel.importers.vjepa).
+Every form returns (VideoViT, model config): the config holds VideoViT's keys (frames, size, tubelet, pos, dtype,
+remat, scan_layers, encoder), the same block an AC run stores as `model.encoder_model`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from worldmodel import checkpoint as ckpt_lib
+from worldmodel import config as config_lib
+from worldmodel.importers import vjepa
+
+EXPORT_FORMAT = "worldmodel-encoder"
+EXPORT_VERSION = 1
+_MODEL_KEYS = ("frames", "size", "tubelet", "pos", "dtype", "remat", "scan_layers", "encoder")
+
+
+def _encoder_config(m: ml_collections.ConfigDict, frames: int | None, size: int | None) -> ml_collections.ConfigDict:
+  d = {k: m[k].to_dict() if isinstance(m[k], ml_collections.ConfigDict) else m[k] for k in _MODEL_KEYS}
+  d["tubelet"] = tuple(d["tubelet"])
+  d["frames"], d["size"] = frames or d["frames"], size or d["size"]
+  if d["frames"] % d["tubelet"][0] or d["size"] % d["tubelet"][1]:
+    raise ckpt_lib.CheckpointError(f"clip {d['frames']}x{d['size']}x{d['size']} does not tile into the encoder's "
+                                   f"{d['tubelet']} tubelets")
+  return ml_collections.ConfigDict(d)
+
+
+def _workdir_encoder(workdir: str) -> tuple[int, dict, ml_collections.ConfigDict]:
+  """(step, encoder weights, encoder model config) of a workdir's newest checkpoint."""
+  config = config_lib.load_workdir_config(workdir)
+  step, state = ckpt_lib.read_newest(workdir)
+  extra = state.get("extra", {})
+  if config.objective == "jepa" and "target_encoder" in extra:
+    return step, extra["target_encoder"], config.model
+  if config.objective == "ac" and "encoder" in extra:  # the frozen encoder an AC run was trained on
+    return step, extra["encoder"], config.model.encoder_model
+  raise ckpt_lib.CheckpointError(f"{workdir} is a {config.objective!r} run with no encoder to load (extra holds "
+                                 f"{sorted(extra)}); use a JEPA workdir")
+
+
+def load_encoder(path: str, *, frames: int | None = None, size: int | None = None):
+  """(encoder module, model config) from a workdir, an encoder export or a V-JEPA checkpoint file.
+
+  frames / size: the clip shape to encode (positions are regenerated for it); default: what it was trained on.
+  """
+  if os.path.isdir(path):
+    if os.path.exists(os.path.join(path, "encoder.json")):
+      with open(os.path.join(path, "encoder.json")) as f:
+        meta = json.load(f)
+      if meta.get("format") != EXPORT_FORMAT:
+        raise ckpt_lib.CheckpointError(f"{path}/encoder.json is not a {EXPORT_FORMAT} export")
+      m = _encoder_config(ml_collections.ConfigDict(meta["model"]), frames, size)
+      weights = ckpt_lib.read_numpy(os.path.join(os.path.abspath(path), "weights"))
+      return vjepa.build(m, weights), m
+    if os.path.exists(os.path.join(path, "config.json")):
+      step, weights, model = _workdir_encoder(path)
+      m = _encoder_config(model, frames, size)
+      return vjepa.build(m, weights), m
+    raise ckpt_lib.CheckpointError(f"{path} is neither a worldmodel workdir (config.json) nor an encoder export "
+                                   "(encoder.json)")
+  if path.endswith(vjepa.TORCH_SUFFIXES + (".safetensors",)):
+    return vjepa.load_vjepa_encoder(path, frames=frames, size=size)
+  raise ckpt_lib.CheckpointError(f"{path}: not a directory and not a known checkpoint file; supported: a workdir, "
+                                 f"an encoder export, or {vjepa.FORMATS}")
+
+
+@nnx.jit
+def _encode(encoder: nnx.Module, video_BTHWC: jax.Array) -> jax.Array:
+  if video_BTHWC.dtype == jnp.uint8:
+    video_BTHWC = video_BTHWC.astype(jnp.float32) / 255.0
+  return encoder(video_BTHWC).astype(jnp.float32)
+
+
+def encode(encoder: nnx.Module, video_BTHWC_uint8) -> jax.Array:
+  """Features [B, N, width] (f32) of uint8 clips [B, T, H, W, 3] (float clips in [0, 1] work too); jitted."""
+  return _encode(encoder, jnp.asarray(video_BTHWC_uint8))
+
+
+def export_encoder(workdir: str, out_dir: str) -> str:
+  """Write a workdir's target encoder as an encoder-only export: out_dir/weights (Orbax) + out_dir/encoder.json."""
+  import orbax.checkpoint as ocp
+  step, weights, model = _workdir_encoder(workdir)
+  m = _encoder_config(model, None, None)
+  vjepa.build(m, weights)  # checks names and shapes before anything is written
+  out_dir = os.path.abspath(out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  target = os.path.join(out_dir, "weights")
+  if os.path.exists(target):
+    shutil.rmtree(target)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(target, weights)
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  meta = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "model": config_lib.to_dict(m),
+          "source": os.path.abspath(workdir), "step": int(step)}
+  with open(os.path.join(out_dir, "encoder.json.tmp"), "w") as f:
+    json.dump(meta, f, indent=2, sort_keys=True)
+  os.replace(os.path.join(out_dir, "encoder.json.tmp"), os.path.join(out_dir, "encoder.json"))
+  return out_dir
+
+
+def main(argv):
+  from absl import flags
+  if len(argv) > 1:
+    config_lib.die(f"unexpected arguments {argv[1:]}")
+  try:
+    out = export_encoder(flags.FLAGS.workdir, flags.FLAGS.out)
+  except (ckpt_lib.CheckpointError, config_lib.ConfigError, OSError, ValueError) as e:
+    config_lib.die(str(e))
+  print(f"exported the encoder of {flags.FLAGS.workdir} to {out}", flush=True)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  # Flags are defined only when run as a script: importing this module next to other CLIs must not redefine them.
+  flags.DEFINE_string("workdir", None, "A JEPA workdir: its newest checkpoint's EMA target encoder is exported.")
+  flags.DEFINE_string("out", None, "Output directory: encoder.json and weights/ (Orbax) are written there.")
+  flags.mark_flags_as_required(["workdir", "out"])
+  app.run(main, flags_parser=config_lib.flags_parser)
