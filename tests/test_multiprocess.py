@@ -70,3 +70,52 @@ def test_a_failing_process_stops_the_job_with_its_exit_code(tmp_path):
   r = _launch(2, 1, tmp_path / "w", tmp_path / "no-such-data")
   assert r.returncode != 0
   assert "dataset directory does not exist" in r.stdout
+
+
+def _solo(tmp_path, data, process_id, port, *extra):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  cmd = [sys.executable, "-m", "worldmodel.train", "--config=experiments/tokenizer.py:tiny",
+         f"--workdir={tmp_path / 'w'}", f"--config.data.dir={data}", "--config.total_steps=100000",
+         "--config.log_every_steps=1", "--config.checkpoint.every_steps=100000", f"--coordinator_address=localhost:{port}",
+         "--num_processes=2", f"--process_id={process_id}", "--cpu_devices=1", "--init_timeout_s=8",
+         "--heartbeat_timeout_s=5", *extra]
+  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_a_peer_that_never_arrives_stops_the_others_in_bounded_time(tmp_path, dataset):
+  import time
+  t0 = time.time()
+  p = _solo(tmp_path, dataset, 0, _free_port())
+  out, _ = p.communicate(timeout=120)
+  assert p.returncode == 3, out[-2000:]
+  assert "not all 2 processes joined" in out and time.time() - t0 < 40
+
+
+def test_a_peer_that_dies_mid_run_stops_the_others_in_bounded_time(tmp_path, dataset):
+  import threading
+  import time
+  port = _free_port()
+  p0, p1 = _solo(tmp_path, dataset, 0, port), _solo(tmp_path, dataset, 1, port)
+  lines = []
+  threading.Thread(target=lambda: lines.extend(p0.stdout), daemon=True).start()
+  deadline = time.time() + 120
+  while not any("step 3/" in line for line in lines) and time.time() < deadline:
+    time.sleep(0.2)
+  assert any("step 3/" in line for line in lines), "".join(lines)[-2000:]
+  p1.kill()  # kill -9 of one process mid-run
+  t0 = time.time()
+  try:
+    p0.wait(timeout=90)
+  finally:
+    p0.kill()
+  time.sleep(0.5)
+  out = "".join(lines)
+  assert p0.returncode != 0 and time.time() - t0 < 60, out[-2000:]
+  assert "heartbeat timeout" in out or "Connection closed" in out or "failed" in out.lower(), out[-3000:]

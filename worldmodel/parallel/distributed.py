@@ -7,6 +7,8 @@ Fake CPU devices per process: --cpu_devices=K (or WM_CPU_DEVICES) before the bac
 from __future__ import annotations
 
 import os
+import sys
+import threading
 
 from absl import flags, logging
 import jax
@@ -18,7 +20,21 @@ _AUTO = flags.DEFINE_bool("distributed_auto", False, "Let jax detect the cluster
 _CPU = flags.DEFINE_integer("cpu_devices", int(os.environ.get("WM_CPU_DEVICES", "0")),
                             "Number of fake CPU devices in this process (0: platform default).")
 _TIMEOUT = flags.DEFINE_integer("init_timeout_s", int(os.environ.get("WM_INIT_TIMEOUT", "120")),
-                                "Seconds to wait for all processes before failing.")
+                                "Seconds to wait for all processes to arrive before failing.")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", int(os.environ.get("WM_HEARTBEAT_TIMEOUT", "100")),
+                                  "A process silent for this long is declared dead and the others stop (non-zero).")
+
+
+def _watchdog(seconds: int, message: str) -> threading.Event:
+  """Exit with code 3 and `message` unless the returned event is set within `seconds`."""
+  done = threading.Event()
+
+  def watch():
+    if not done.wait(seconds):
+      print(f"error: {message}", file=sys.stderr, flush=True)
+      os._exit(3)
+  threading.Thread(target=watch, daemon=True).start()
+  return done
 
 
 def start(argv) -> None:
@@ -33,10 +49,19 @@ def start(argv) -> None:
 def initialize() -> None:
   if _CPU.value:
     jax.config.update("jax_num_cpu_devices", _CPU.value)
+  timeouts = dict(initialization_timeout=_TIMEOUT.value, heartbeat_timeout_seconds=_HEARTBEAT.value)
   if _AUTO.value:
-    jax.distributed.initialize(initialization_timeout=_TIMEOUT.value)
+    jax.distributed.initialize(**timeouts)
   elif _NUM.value > 1:
     if not _COORD.value:
       raise SystemExit("error: --num_processes > 1 needs --coordinator_address=HOST:PORT")
+    # Said up front: if a peer never arrives, jax aborts the process from C++ (not catchable) after the timeout.
+    print(f"process {_PID.value}/{_NUM.value}: joining {_COORD.value} (waits up to {_TIMEOUT.value}s for all "
+          f"processes; a peer silent for {_HEARTBEAT.value}s stops the job)", flush=True)
+    # jax's own timeout aborts from C++ with a stack dump; ours fires first and says what happened.
+    joined = _watchdog(_TIMEOUT.value, f"not all {_NUM.value} processes joined {_COORD.value} within "
+                       f"{_TIMEOUT.value}s (--init_timeout_s): a process did not start, crashed before joining, or "
+                       "cannot reach the coordinator")
     jax.distributed.initialize(coordinator_address=_COORD.value, num_processes=_NUM.value, process_id=_PID.value,
-                               initialization_timeout=_TIMEOUT.value)
+                               **{**timeouts, "initialization_timeout": _TIMEOUT.value + 30})
+    joined.set()
