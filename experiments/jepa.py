@@ -68,7 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # `key` picks 'target_encoder' (default) or 'encoder' from a V-JEPA training checkpoint.
   c.init = dict(source="", key="")
   c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
-  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+  c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn=dict(data=1, fsdp=1, tensor=1))  # dcn: cross-slice sizes
   # Probes: fit on probe_train_split (probe_clips clips at most), scored on the evaluated split.
   c.eval = dict(split="test", batch_size=16, max_clips=0, num_media=4, probes=True, probe_train_split="train",
                 probe_clips=256, probe_steps=1500)

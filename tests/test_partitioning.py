@@ -6,6 +6,7 @@ import json
 import os
 
 import jax
+import numpy as np
 from jax.sharding import PartitionSpec as P
 import ml_collections
 import pytest
@@ -77,3 +78,16 @@ def test_mesh_shape_fills_and_refuses_bad_sizes():
     mesh_lib.mesh_shape({"data": -1, "fsdp": 3, "tensor": 1}, 8)
   with pytest.raises(ValueError, match="uses 4 devices"):
     mesh_lib.mesh_shape({"data": 2, "fsdp": 2, "tensor": 1}, 8)
+
+
+def test_hybrid_mesh_puts_cross_slice_factors_outermost():
+  devices = [type("D", (), {"id": i, "process_index": 0, "slice_index": None})() for i in range(16)]
+  mesh = mesh_lib.make_mesh({"data": 1, "fsdp": -1, "tensor": 2, "dcn": {"data": 2, "fsdp": 2, "tensor": 1}},
+                            devices=devices)
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 2}
+  ids = np.vectorize(lambda d: d.id)(mesh.devices)
+  # Blocks of 4 consecutive devices stand in for slices: only the dcn factors (data, outer fsdp) cross them.
+  assert {int(x) // 4 for x in ids[0, :2].ravel()} == {0} and {int(x) // 4 for x in ids[1, 2:].ravel()} == {3}
+  assert mesh_lib.dcn_shape({"data": 1}) == (1, 1, 1)
+  with pytest.raises(ValueError, match="does not divide"):
+    mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1, "dcn": {"data": 3}}, devices=devices)

@@ -36,11 +36,37 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
   return tuple(sizes)
 
 
+def dcn_shape(mesh_cfg) -> tuple[int, int, int]:
+  """Cross-slice (multi-slice TPU) / cross-node sizes per axis: `mesh.dcn.{data,fsdp,tensor}`, default 1."""
+  dcn = mesh_cfg.get("dcn") or {}
+  sizes = tuple(int(dcn.get(a, 1)) for a in AXES)
+  if any(s < 1 for s in sizes):
+    raise ValueError(f"mesh.dcn sizes must be >= 1, got {dict(zip(AXES, sizes))}")
+  return sizes
+
+
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
+  """The (data, fsdp, tensor) mesh. With `mesh.dcn` sizes > 1 it is a hybrid mesh: each axis is (cross-slice size ×
+  per-slice size), laid out so that the cross-slice part spans slices (or hosts, where devices have no slice) and
+  the fast collectives of the per-slice part stay inside one. `mesh.data/fsdp/tensor` are then per-slice sizes."""
   devices = jax.devices() if devices is None else devices
-  shape = mesh_shape(mesh_cfg, len(devices))
+  dcn = dcn_shape(mesh_cfg)
   # Auto axes: Explicit ones (jax's default) break einops rearranges of sharded arrays (NOTES.md).
-  return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+  auto = (AxisType.Auto,) * len(AXES)
+  if math.prod(dcn) == 1:
+    return jax.make_mesh(mesh_shape(mesh_cfg, len(devices)), AXES, axis_types=auto, devices=devices)
+  if len(devices) % math.prod(dcn):
+    raise ValueError(f"mesh.dcn {dict(zip(AXES, dcn))} does not divide the {len(devices)} devices")
+  ici = mesh_shape(mesh_cfg, len(devices) // math.prod(dcn))
+  has_slices = getattr(devices[0], "slice_index", None) is not None
+  granules = {d.slice_index if has_slices else d.process_index for d in devices}
+  if len(granules) == math.prod(dcn):
+    from jax.experimental import mesh_utils
+    array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=not has_slices)
+  else:  # e.g. fake CPU devices in one process (fit checks): consecutive blocks of devices stand in for slices
+    blocks = np.asarray(devices, dtype=object).reshape(dcn + ici)
+    array = blocks.transpose(0, 3, 1, 4, 2, 5).reshape([d * i for d, i in zip(dcn, ici)])
+  return Mesh(array, AXES, axis_types=auto)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
