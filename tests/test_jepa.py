@@ -189,3 +189,18 @@ def test_init_source_warm_starts_from_a_workdir_and_refuses_other_shapes(tmp_pat
   r = run_cli("worldmodel.train", *common, f"--workdir={bad}", "--config.total_steps=1",
               f"--config.init.source={tmp_path / 'weights.bin'}")
   assert r.returncode != 0 and "supported:" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_policies_give_the_same_gradients(remat):
+  from worldmodel.models.vit import VideoViT
+  grads = {}
+  for policy in ("none", remat):
+    config = _config(remat=policy)
+    enc = VideoViT(config.model, config.model.encoder, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(enc, nnx.Param)
+    video = jnp.asarray(np.random.default_rng(0).random((2, 4, 64, 64, 3)), jnp.float32)
+    loss = lambda p: jnp.sum(jnp.square(nnx.merge(graphdef, p)(video)))  # noqa: E731
+    grads[policy] = jax.tree.leaves(jax.grad(loss)(params))
+  for a, b in zip(grads["none"], grads[remat]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
