@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import experiment_config, run_cli
+from conftest import REPO, experiment_config, run_cli
 from worldmodel import config as config_lib
 from worldmodel import metrics, runtime
 from worldmodel.data import masks, pipeline
@@ -176,7 +176,8 @@ def test_init_source_warm_starts_from_a_workdir_and_refuses_other_shapes(tmp_pat
   r = run_cli("worldmodel.train", *common, f"--workdir={src}", "--config.total_steps=10")
   assert r.returncode == 0, r.stderr[-3000:]
   # One step at lr 0 (warmup starts from 0) leaves the loaded weights as they were: compare with the source.
-  r = run_cli("worldmodel.train", *common, f"--workdir={dst}", "--config.total_steps=1", f"--config.init.source={src}")
+  rel = os.path.relpath(src, REPO)  # a relative source path works too (Orbax's reader needs absolute ones)
+  r = run_cli("worldmodel.train", *common, f"--workdir={dst}", "--config.total_steps=1", f"--config.init.source={rel}")
   assert r.returncode == 0, r.stderr[-3000:]
   assert "initialised params/encoder, params/predictor, extra/target_encoder from" in r.stdout, r.stdout
   from worldmodel.checkpoint import read_newest

@@ -88,6 +88,7 @@ def read_numpy(item_dir: str) -> Any:
   Needs no mesh and ignores the saved shardings, so a checkpoint written by 8 devices or 2 processes can be
   inspected or compared from a single-device process.
   """
+  item_dir = os.path.abspath(item_dir)  # Orbax's OCDBT reader refuses relative paths (and says so only in a log)
   checkpointer = ocp.PyTreeCheckpointer()
   meta = checkpointer.metadata(item_dir)
   tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
