@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from worldmodel import metrics
 
 RIDGE_ALPHAS = np.logspace(-3, 4, 15)
 
@@ -21,15 +20,17 @@ def _standardise(train: np.ndarray, test: np.ndarray):
   return (train - mu) / sd, (test - mu) / sd, (mu, sd)
 
 
-def ridge_probe(x_train, y_train, x_test, y_test, *, holdout: float = 0.2, seed: int = 0) -> np.ndarray:
-  """Closed-form ridge; α chosen on a held-out part of the train split, then refit on all of it. R² per target."""
+def ridge_probe(x_train, y_train, x_test, y_test, *, holdout: float = 0.2,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Closed-form ridge; α chosen on a held-out part of the train split, then refit on all of it.
+  Returns (test targets, test predictions), both standardised with the train statistics."""
   x_tr, x_te, _ = _standardise(np.asarray(x_train, np.float64), np.asarray(x_test, np.float64))
   y_tr, y_te, _ = _standardise(np.asarray(y_train, np.float64), np.asarray(y_test, np.float64))
   perm = np.random.default_rng(seed).permutation(len(x_tr))
   n_val = max(1, int(len(x_tr) * holdout))
   val, fit = perm[:n_val], perm[n_val:]
   best = min(RIDGE_ALPHAS, key=lambda a: np.mean(np.square(x_tr[val] @ _ridge(x_tr[fit], y_tr[fit], a) - y_tr[val])))
-  return metrics.r2_score(y_te, x_te @ _ridge(x_tr, y_tr, best))
+  return y_te, x_te @ _ridge(x_tr, y_tr, best)
 
 
 def _ridge(x, y, alpha):
@@ -60,9 +61,10 @@ def _attentive_apply(p: dict, x_nLD: jax.Array, heads: int) -> jax.Array:
 
 
 def attentive_probe(x_train, y_train, x_test, y_test, *, steps: int = 1500, batch: int = 128, lr: float = 5e-3,
-                    width: int = 128, heads: int = 4, queries: int = 4, seed: int = 0) -> np.ndarray:
+                    width: int = 128, heads: int = 4, queries: int = 4,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Learned queries attend over the tokens (no position embedding of the probe's own: position must come from the
-  features); AdamW, MSE. R² per target."""
+  features); AdamW, MSE. Returns (test targets, test predictions), standardised with the train statistics."""
   x_tr, x_te = np.asarray(x_train, np.float32), np.asarray(x_test, np.float32)
   y_tr, y_te, _ = _standardise(np.asarray(y_train, np.float32), np.asarray(y_test, np.float32))
   n, L, D = x_tr.shape
@@ -84,16 +86,19 @@ def attentive_probe(x_train, y_train, x_test, y_test, *, steps: int = 1500, batc
   params, _ = train(params, jnp.asarray(x_tr), jnp.asarray(y_tr, jnp.float32), jnp.asarray(idx))
   apply = jax.jit(lambda p, x: _attentive_apply(p, x, heads))
   pred = np.concatenate([np.asarray(apply(params, x_te[i:i + 512])) for i in range(0, len(x_te), 512)])
-  return metrics.r2_score(y_te, pred)
+  return y_te, pred
 
 
-def r2_by_group(r2_S: np.ndarray, groups: dict[str, list[int]]) -> dict[str, float]:
-  """Mean R² over each named slice of the state (dimensions that never vary are skipped)."""
+def r2_by_group(y_NS: np.ndarray, pred_NS: np.ndarray, groups: dict[str, list[int]]) -> dict[str, float]:
+  """R² of each named slice of the state, pooled over its dimensions (1 - ΣSSE / ΣSST), so one nearly constant
+  dimension cannot dominate a group; dimensions that never vary are skipped. 'all' pools every dimension."""
+  y, p = np.asarray(y_NS, np.float64), np.asarray(pred_NS, np.float64)
+  sse = np.sum(np.square(y - p), axis=0)
+  sst = np.sum(np.square(y - y.mean(0)), axis=0)
+  varying = sst > 1e-9 * max(float(sst.max()), 1e-12)
   out = {}
-  for name, ids in groups.items():
-    vals = [r2_S[i] for i in ids if i < len(r2_S) and np.isfinite(r2_S[i])]
-    if vals:
-      out[name] = float(np.mean(vals))
-  finite = r2_S[np.isfinite(r2_S)]
-  out["all"] = float(np.mean(finite)) if len(finite) else float("nan")
+  for name, ids in list(groups.items()) + [("all", list(range(y.shape[1])))]:
+    ids = [i for i in ids if i < y.shape[1] and varying[i]]
+    if ids:
+      out[name] = float(1.0 - sse[ids].sum() / sst[ids].sum())
   return out

@@ -104,9 +104,9 @@ class Evaluator:
     groups = records.read_meta(pipeline.data_dirs(self.config.data)[0]).get("state_groups") or {}
     r2 = {"linear": {}, "attentive": {}}
     for name in encoders:
-      r2["linear"][name] = probes.r2_by_group(probes.ridge_probe(
+      r2["linear"][name] = probes.r2_by_group(*probes.ridge_probe(
           train_x[name].mean(1), train_y, test_x[name].mean(1), test_y), groups)
-      r2["attentive"][name] = probes.r2_by_group(probes.attentive_probe(
+      r2["attentive"][name] = probes.r2_by_group(*probes.attentive_probe(
           train_x[name], train_y, test_x[name], test_y, steps=e.probe_steps), groups)
     plots = {kind: media.plot_bars(os.path.join(out_dir, f"probe_r2_{kind}.png"), r2[kind], "held-out R²",
                                    f"{kind} probe of state, {split} split") for kind in r2}
