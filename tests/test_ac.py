@@ -79,7 +79,7 @@ def test_jepa_then_ac_train_evaluate_and_clear_errors(tmp_path, dataset):
   rows = [json.loads(x) for x in open(ac / "metrics.jsonl")]
   assert rows[-1]["loss"] < rows[0]["loss"]
   saved = json.load(open(ac / "config.json"))
-  assert saved["model"]["encoder_model"]["encoder"]["width"] == 64 and saved["model"]["action_dim"] == 2
+  assert saved["model"]["encoder_model"]["encoder"]["width"] == 128 and saved["model"]["action_dim"] == 2
 
   r = run_cli("worldmodel.evaluate", f"--workdir={ac}", "--split=test")
   assert r.returncode == 0, r.stderr[-3000:]
