@@ -1,10 +1,11 @@
 """Action-conditioned world model on a frozen JEPA encoder (V-JEPA 2-AC style).
 
   python -m worldmodel.train --config=experiments/ac.py:VARIANT --workdir=DIR \
-      --config.data.dir=DATA --config.model.encoder_source=JEPA_WORKDIR
+      --config.data.dir=DATA --config.model.encoder_source=JEPA_WORKDIR_OR_VJEPA_FILE
 
 The data needs actions (`generate --source=dmc:...` or `bouncing`); the encoder's architecture and weights come from
-the JEPA workdir (its target encoder, newest checkpoint), so `model.size` follows it.
+the JEPA workdir (its target encoder, newest checkpoint), an encoder export, or a V-JEPA / V-JEPA 2 checkpoint
+(.pt / .safetensors), so `model.size` follows it.
 Variants:
   tiny   4-frame clips, a 1-block predictor: seconds per run, used by the tests
   dmc    8-frame dm_control clips, predictor 192 x 4 (CPU-sized)
@@ -29,8 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.data = dict(dir="", train_split="train", num_frames=8, frame_stride=1, resize=0, weights=(),
                 features=dict(video="", action="", state="", reward=""), read_threads=2, prefetch=4, workers=0)
-  # encoder_source: the JEPA workdir; encoder_model is filled in from it (and action_dim from the data) at start.
-  c.model = dict(name="ac", encoder_source="", encoder_model={}, frames=8, size=0, max_frames=16, action_dim=0,
+  # encoder_source: a JEPA workdir, an encoder export or a V-JEPA file (encoder_key: which of its entries, default
+  # target_encoder); encoder_model is filled in from it (and action_dim from the data) at start.
+  c.model = dict(name="ac", encoder_source="", encoder_key="", encoder_model={}, frames=8, size=0, max_frames=16, action_dim=0,
                  predictor=dict(width=384, depth=6, heads=6, mlp_ratio=4.0), rollout_steps=2, dtype="float32",
                  remat="none", scan_layers=False)
   # V-JEPA 2-AC: warmup, constant, linear decay (WSD); constant weight decay 0.04.

@@ -129,7 +129,8 @@ def test_predictor_runs_mask_sets_of_equal_length_as_one_batch():
   sets = [(model.encoder(video, ids[:, :k]), ids[:, :k], ids[:, k:]) for k in (32, 12)]
   together = model.predictor(sets)
   apart = [model.predictor([s])[0] for s in sets]
-  assert together[0].shape == (2, 96, 64) and together[1].shape == (2, 116, 64)
+  width = config.model.encoder.width  # predictions come back in the encoder's feature width
+  assert together[0].shape == (2, 96, width) and together[1].shape == (2, 116, width)
   np.testing.assert_allclose(together[0], apart[0], atol=1e-5)
 
 

@@ -3,7 +3,8 @@
   python -m worldmodel.encoders --workdir=runs/jepa --out=exports/jepa_encoder
 
 `load_encoder(path)` accepts
-  - a worldmodel JEPA workdir: the EMA target encoder of its newest checkpoint (an AC workdir: its frozen encoder),
+  - a worldmodel JEPA workdir: the EMA target encoder of its newest checkpoint (an AC workdir: its frozen encoder;
+    a fine-tune workdir: its fine-tuned encoder),
   - an encoder export (this CLI's output: encoder.json + Orbax weights/), which needs no training config or state,
   - a V-JEPA / V-JEPA 2 checkpoint (.pt / .pth / .pth.tar / .safetensors; worldmodel.importers.vjepa).
 Every form returns (VideoViT, model config): the config holds VideoViT's keys (frames, size, tubelet, pos, dtype,
@@ -18,7 +19,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import ml_collections
-from flax import nnx
+from flax import nnx, traverse_util
 
 from worldmodel import checkpoint as ckpt_lib
 from worldmodel import config as config_lib
@@ -48,15 +49,18 @@ def _workdir_encoder(workdir: str) -> tuple[int, dict, ml_collections.ConfigDict
     return step, extra["target_encoder"], config.model
   if config.objective == "ac" and "encoder" in extra:  # the frozen encoder an AC run was trained on
     return step, extra["encoder"], config.model.encoder_model
+  if config.objective == "finetune":  # trained parts are params, frozen parts extra: put them back together
+    parts = {**traverse_util.flatten_dict(extra.get("encoder", {})),
+             **traverse_util.flatten_dict(state.get("params", {}).get("encoder", {}))}
+    return step, traverse_util.unflatten_dict(parts), config.model.encoder_model
   raise ckpt_lib.CheckpointError(f"{workdir} is a {config.objective!r} run with no encoder to load (extra holds "
-                                 f"{sorted(extra)}); use a JEPA workdir")
+                                 f"{sorted(extra)}); use a JEPA, AC or fine-tune workdir")
 
 
-def load_encoder(path: str, *, frames: int | None = None, size: int | None = None):
-  """(encoder module, model config) from a workdir, an encoder export or a V-JEPA checkpoint file.
-
-  frames / size: the clip shape to encode (positions are regenerated for it); default: what it was trained on.
-  """
+def read_encoder(path: str, *, frames: int | None = None, size: int | None = None,
+                 key: str | None = None) -> tuple[dict, ml_collections.ConfigDict]:
+  """(encoder weights as a pure dict, model config) from a workdir, an encoder export or a V-JEPA checkpoint file:
+  what `load_encoder` builds from, and what fine-tuning and AC runs start from. `key`: a V-JEPA file's entry."""
   if os.path.isdir(path):
     if os.path.exists(os.path.join(path, "encoder.json")):
       with open(os.path.join(path, "encoder.json")) as f:
@@ -64,18 +68,27 @@ def load_encoder(path: str, *, frames: int | None = None, size: int | None = Non
       if meta.get("format") != EXPORT_FORMAT:
         raise ckpt_lib.CheckpointError(f"{path}/encoder.json is not a {EXPORT_FORMAT} export")
       m = _encoder_config(ml_collections.ConfigDict(meta["model"]), frames, size)
-      weights = ckpt_lib.read_numpy(os.path.join(os.path.abspath(path), "weights"))
-      return vjepa.build(m, weights), m
+      return ckpt_lib.read_numpy(os.path.join(os.path.abspath(path), "weights")), m
     if os.path.exists(os.path.join(path, "config.json")):
-      step, weights, model = _workdir_encoder(path)
-      m = _encoder_config(model, frames, size)
-      return vjepa.build(m, weights), m
+      _, weights, model = _workdir_encoder(path)
+      return weights, _encoder_config(model, frames, size)
     raise ckpt_lib.CheckpointError(f"{path} is neither a worldmodel workdir (config.json) nor an encoder export "
                                    "(encoder.json)")
   if path.endswith(vjepa.TORCH_SUFFIXES + (".safetensors",)):
-    return vjepa.load_vjepa_encoder(path, frames=frames, size=size)
+    if not os.path.exists(path):
+      raise ckpt_lib.CheckpointError(f"{path}: no such file")
+    return vjepa.read_vjepa_encoder(path, frames=frames, size=size, key=key)
   raise ckpt_lib.CheckpointError(f"{path}: not a directory and not a known checkpoint file; supported: a workdir, "
                                  f"an encoder export, or {vjepa.FORMATS}")
+
+
+def load_encoder(path: str, *, frames: int | None = None, size: int | None = None, key: str | None = None):
+  """(encoder module, model config) from a workdir, an encoder export or a V-JEPA checkpoint file.
+
+  frames / size: the clip shape to encode (positions are regenerated for it); default: what it was trained on.
+  """
+  weights, m = read_encoder(path, frames=frames, size=size, key=key)
+  return vjepa.build(m, weights), m
 
 
 @nnx.jit

@@ -109,7 +109,13 @@ def _tensorboard(workdir: str, split: str, step: int, result: dict) -> None:
 
 
 def _print_table(result: dict, out_dir: str) -> None:
-  scalars = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+  def flat(d, prefix=""):  # nested numbers (R² per group, probe results) print as a/b/c
+    for k, v in d.items():
+      if isinstance(v, dict) and k != "media":
+        yield from flat(v, f"{prefix}{k}/")
+      elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        yield f"{prefix}{k}", v
+  scalars = dict(flat(result))
   width = max(map(len, scalars))
   print(f"{'metric':<{width}}  value")
   for k, v in scalars.items():

@@ -23,7 +23,7 @@ from worldmodel import checkpoint
 from worldmodel.parallel import mesh as mesh_lib
 
 OBJECTIVES = {"tokenizer": "worldmodel.objectives.tokenizer", "jepa": "worldmodel.objectives.jepa",
-              "ac": "worldmodel.objectives.ac"}
+              "ac": "worldmodel.objectives.ac", "finetune": "worldmodel.objectives.finetune"}
 
 
 def get_objective(name: str):
@@ -59,8 +59,18 @@ def make_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
   raise ValueError(f"config key 'optim.schedule' must be 'cosine', 'wsd' or 'constant', got {kind!r}")
 
 
+def scale_by_tree(scales) -> optax.GradientTransformation:
+  """Multiply each update by its own factor (a tree like the params; leaves broadcast): per-layer learning rates."""
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(opt: ml_collections.ConfigDict, schedule: optax.Schedule,
-                   total_steps: int = 0) -> optax.GradientTransformation:
+                   total_steps: int = 0, lr_scales=None) -> optax.GradientTransformation:
+  """AdamW with global-norm clipping; `lr_scales` (e.g. layer-wise decay from the objective) scales the step of
+  each parameter, weight decay included (as PyTorch's per-group lr does)."""
   # Weight decay on matrices only: biases, norms, mask tokens and position tables are left alone.
   def decay_mask(params):
     return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
@@ -70,8 +80,9 @@ def make_optimizer(opt: ml_collections.ConfigDict, schedule: optax.Schedule,
                                      alpha=opt.weight_decay_end / opt.weight_decay if opt.weight_decay else 0.0)
     if not opt.weight_decay:
       raise ValueError("config key 'optim.weight_decay' must be > 0 when 'optim.weight_decay_end' is set")
-  return optax.chain(optax.clip_by_global_norm(opt.grad_clip),
-                     optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=wd, mask=decay_mask))
+  chain = [optax.clip_by_global_norm(opt.grad_clip),
+           optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=wd, mask=decay_mask)]
+  return optax.chain(*chain, *([scale_by_tree(lr_scales)] if lr_scales is not None else []))
 
 
 @dataclasses.dataclass
@@ -90,7 +101,8 @@ class Runtime:
     """A new train state: initialised, then (if the objective loads pretrained parts, e.g. AC's frozen encoder)
     filled in by the objective."""
     state = self.init_fn()
-    if self.config.get("init") and self.config.init.get("source"):  # fine-tuning: pretrained weights first
+    own = getattr(self.objective, "LOADS_INIT_SOURCE", False)  # e.g. finetune: maps the source onto its own parts
+    if self.config.get("init") and self.config.init.get("source") and not own:  # warm start: pretrained weights first
       from worldmodel import init_from
       state = init_from.initialize_from(self, state)
     initialize = getattr(self.objective, "initialize", None)
@@ -120,14 +132,14 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   objective = get_objective(config.objective)
   mesh = mesh if mesh is not None else mesh_lib.make_mesh(config.mesh)
   nnx.use_eager_sharding(False)  # shard once, inside the jitted init below, not variable by variable
-  schedule = make_schedule(config.optim, config.total_steps)
-  tx = make_optimizer(config.optim, schedule, config.total_steps)
-
   create = lambda: objective.create_model(config, nnx.Rngs(config.seed))  # noqa: E731 - traced twice below
   graphdef, abs_params, abs_extra = _split(nnx.eval_shape(create))
   param_specs = nnx.to_pure_dict(nnx.get_partition_spec(abs_params))
   extra_specs = nnx.to_pure_dict(nnx.get_partition_spec(abs_extra))  # e.g. the EMA target shards like the encoder
   abs_params, abs_extra = nnx.to_pure_dict(abs_params), nnx.to_pure_dict(abs_extra)
+  schedule = make_schedule(config.optim, config.total_steps)
+  lr_scales = objective.lr_scales(config, abs_params) if hasattr(objective, "lr_scales") else None
+  tx = make_optimizer(config.optim, schedule, config.total_steps, lr_scales)
   repl = mesh_lib.replicated(mesh)
   param_sh = mesh_lib.shardings_for(abs_params, param_specs, mesh)
   extra_sh = mesh_lib.shardings_for(abs_extra, extra_specs, mesh)

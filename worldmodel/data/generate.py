@@ -60,6 +60,11 @@ flags.DEFINE_integer("max_frames", 512, "video: files longer than this (after re
                      "file. Files shorter than --frames are skipped.", lower_bound=0)
 flags.DEFINE_bool("strict", False, "video: exit with an error on the first unusable file "
                   "instead of skipping it with a warning.")
+flags.DEFINE_enum("labels", "none", ["none", "dirname"],
+                  "video: 'dirname' gives every episode a class `label` (int64): the index of its file's "
+                  "parent folder name among all of them, sorted (the UCF-101 / Kinetics layout "
+                  "CLASS/clip.mp4); the class names go to worldmodel.json 'classes'. For clip "
+                  "classification (experiments/finetune.py:...,classify).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +79,7 @@ class Config:
     fps: float = 8.0  # video
     max_frames: int = 512  # video
     strict: bool = False  # file sources: an unusable file is an error, not a skip
+    labels: str = "none"  # video: 'dirname' = class label from the parent folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,18 +125,25 @@ def _video(arg: str, cfg: Config) -> Source:
     if 0 < cfg.max_frames < cfg.frames:
         raise ValueError(f"--max_frames={cfg.max_frames} is below --frames={cfg.frames}")
     paths = video.find_files(arg)  # ValueError naming the glob if it matches nothing
+    classes = video.class_names(paths) if cfg.labels == "dirname" else []
 
     def files(seed: int, val_fraction: float, test_fraction: float) -> dict[str, list[str]]:
         return video.split_files(paths, video.glob_root(arg), seed, val_fraction, test_fraction)
 
     def make_episode(path: str) -> list[dict]:
         try:
-            return video.episodes(path, cfg.fps, cfg.size, cfg.frames, cfg.max_frames)
+            episodes = video.episodes(path, cfg.fps, cfg.size, cfg.frames, cfg.max_frames)
         except video.DecodeError as e:
             raise SkipFile(str(e)) from None
-    return Source(make_episode, {"fps": cfg.fps, "max_frames": cfg.max_frames, "min_frames":
-                                 cfg.frames, "input_files": len(paths), "state_groups": {}},
-                  files=files)
+        if classes:
+            label = np.int64(classes.index(video.class_of(path)))
+            episodes = [{**ep, "label": label} for ep in episodes]
+        return episodes
+    meta = {"fps": cfg.fps, "max_frames": cfg.max_frames, "min_frames": cfg.frames, "input_files": len(paths),
+            "state_groups": {}}
+    if classes:
+        meta["classes"] = classes
+    return Source(make_episode, meta, files=files)
 
 
 # name -> factory(arg after ':', Config) -> Source. Add dmc:DOMAIN-TASK, video:GLOB here.
@@ -252,6 +265,8 @@ def generate(source_spec: str, out: str, episodes: int, cfg: Config, seed: int,
 
     File sources append 'path (reason)' for each skipped file to `skipped`.
     """
+    if cfg.labels != "none" and not source_spec.startswith("video:"):
+        raise UserError(f"--labels={cfg.labels} applies to video:GLOB sources only, not --source={source_spec!r}")
     source = make_source(source_spec, cfg)
     if source.files is not None:
         splits, counts = _file_splits(source, seed, val_fraction, test_fraction, cfg.strict,
@@ -293,7 +308,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # TFDS logs temp paths at INFO
     cfg = Config(frames=FLAGS.frames, size=FLAGS.size, num_balls=FLAGS.num_balls,
                  camera=FLAGS.camera, action_repeat=FLAGS.action_repeat, workers=FLAGS.workers,
-                 fps=FLAGS.fps, max_frames=FLAGS.max_frames, strict=FLAGS.strict)
+                 fps=FLAGS.fps, max_frames=FLAGS.max_frames, strict=FLAGS.strict,
+                 labels=FLAGS.labels)
     skipped = []
     start = time.time()
     try:

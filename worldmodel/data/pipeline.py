@@ -114,8 +114,12 @@ def checked_clip(clip: dict, size: int, src, episode: int) -> dict:
 
 
 def window(ep: dict, start: int, span: int, stride: int) -> dict:
-  """Slice every per-step array the same way, so action[t] / state[t] stay aligned with video[t]."""
-  return {k: np.asarray(ep[k][start:start + span:stride]) for k in KEYS if k in ep}
+  """Slice every per-step array the same way, so action[t] / state[t] stay aligned with video[t]; a clip keeps
+  its episode's class label."""
+  clip = {k: np.asarray(ep[k][start:start + span:stride]) for k in KEYS if k in ep}
+  if "label" in ep:
+    clip["label"] = np.asarray(ep["label"], np.int32)
+  return clip
 
 
 class _Sample:

@@ -6,7 +6,8 @@ Layout of a dataset directory DIR (opens with `tfds.builder_from_directory(DIR)`
   DIR/worldmodel.json                            our sidecar metadata (JSON)
 
 One record = one episode: `video` uint8 [T,H,W,3], optional `action` f32 [T,A],
-`state` f32 [T,S], `reward` f32 [T], and `episode_id` int64 scalar. The time
+`state` f32 [T,S], `reward` f32 [T], `label` int64 scalar (a class, for clip classification), and
+`episode_id` int64 scalar. The time
 dimension is dynamic (shape (None, ...)): episodes may differ in length.
 Arrays are stored with `encoding="bytes"`: the default TFDS encoding upcasts
 uint8 to an int64 protobuf list (measured ~30x slower to write, ~7x to read).
@@ -31,7 +32,7 @@ FORMAT_VERSION = 1
 BUILDER_NAME = "worldmodel_episodes"
 META_FILE = "worldmodel.json"
 SPLITS = ("train", "val", "test")
-CANONICAL = ("video", "action", "state", "reward", "episode_id")
+CANONICAL = ("video", "action", "state", "reward", "label", "episode_id")
 
 
 class DatasetError(ValueError):

@@ -257,11 +257,11 @@ def encoder_weights(path: str, model_cfg: ml_collections.ConfigDict, *, key: str
     raise CheckpointError(f"{path}: {e}") from e
 
 
-def load_vjepa_encoder(path: str, *, frames: int | None = None, size: int | None = None, key: str | None = None,
+def read_vjepa_encoder(path: str, *, frames: int | None = None, size: int | None = None, key: str | None = None,
                        heads: int | None = None, pos: str | None = None, dtype: str = "float32",
-                       scan_layers: bool = False):
-  """(VideoViT, its model ConfigDict) for `frames`×`size`² clips. Defaults: V-JEPA's own grid (from pos_embed),
-  V-JEPA 2's published 16×256². `pos` overrides the position kind inferred from the checkpoint."""
+                       scan_layers: bool = False) -> tuple[dict, ml_collections.ConfigDict]:
+  """(VideoViT weights as a pure dict, model ConfigDict) for `frames`×`size`² clips. Defaults: V-JEPA's own grid
+  (from pos_embed), V-JEPA 2's published 16×256². `pos` overrides the position kind inferred from the checkpoint."""
   sd = select_encoder(read_torch_state(path), key, what=path)
   info = infer_config(sd, heads)
   if frames is None or size is None:
@@ -271,7 +271,12 @@ def load_vjepa_encoder(path: str, *, frames: int | None = None, size: int | None
     size = size or (grid[1] * p if grid else 256)
   m = model_config(info, frames=frames, size=size, pos=pos, dtype=dtype, scan_layers=scan_layers)
   try:
-    weights = to_worldmodel(sd, m)
+    return to_worldmodel(sd, m), m
   except CheckpointError as e:
     raise CheckpointError(f"{path}: {e}") from e
+
+
+def load_vjepa_encoder(path: str, **kwargs):
+  """(VideoViT, its model ConfigDict); keyword arguments as `read_vjepa_encoder`."""
+  weights, m = read_vjepa_encoder(path, **kwargs)
   return build(m, weights), m

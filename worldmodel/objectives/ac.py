@@ -1,7 +1,7 @@
 """Action-conditioned world model in a frozen JEPA encoder's latent space (V-JEPA 2-AC style).
 
-Each frame is encoded on its own (repeated to fill a tubelet) by the target encoder of a trained JEPA run
-(`model.encoder_source`), and layer-normed: z_t [N, D]. The predictor learns P(z_{t+1} | z_≤t, a_≤t):
+Each frame is encoded on its own (repeated to fill a tubelet) by a pretrained encoder (`model.encoder_source`: a
+JEPA workdir's target encoder, an encoder export, or a V-JEPA / V-JEPA 2 file), and layer-normed: z_t [N, D]. The predictor learns P(z_{t+1} | z_≤t, a_≤t):
 loss = L1 teacher forcing over the clip + L1 of a `model.rollout_steps`-step autoregressive rollout from frame 0.
 The encoder's weights are `Frozen` variables: no gradients, no optimizer state, saved with every checkpoint.
 """
@@ -10,11 +10,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import nnx
 
 from worldmodel import checkpoint as ckpt_lib
-from worldmodel import config as config_lib
+from worldmodel import encoders
 from worldmodel.data import pipeline, records
 from worldmodel.models import vit
 from worldmodel.models.ac_predictor import ACPredictor
@@ -56,20 +55,17 @@ class ACModel(nnx.Module):
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> None:
-  """Copy the encoder's architecture from its JEPA workdir (and the action size from the data) into the config,
-  so an AC workdir's config.json is self-contained."""
+  """Copy the encoder's architecture from its source (and the action size from the data) into the config, so an
+  AC workdir's config.json is self-contained."""
   m = config.model
   if not m.encoder_source:
-    raise ValueError("config key 'model.encoder_source' must name a trained JEPA workdir (python -m worldmodel.train "
-                     "--config=experiments/jepa.py:...); its target encoder is the frozen encoder of this model")
-  src = config_lib.load_workdir_config(m.encoder_source)
-  if src.objective != "jepa":
-    raise ValueError(f"model.encoder_source={m.encoder_source} holds a {src.objective!r} run, not a JEPA run")
-  jm = src.model
-  m.encoder_model = ml_collections.ConfigDict(dict(
-      frames=jm.tubelet[0], size=jm.size, tubelet=tuple(jm.tubelet), pos=jm.pos, dtype=jm.dtype, remat="none",
-      scan_layers=jm.scan_layers, encoder=jm.encoder.to_dict()))
-  m.size = jm.size
+    raise ValueError("config key 'model.encoder_source' must name a pretrained encoder: a JEPA workdir (python -m "
+                     "worldmodel.train --config=experiments/jepa.py:...), an encoder export, or a V-JEPA .pt / "
+                     ".safetensors file; it is the frozen encoder of this model")
+  _, enc = encoders.read_encoder(m.encoder_source, key=m.get("encoder_key") or None)
+  enc.frames, enc.remat = enc.tubelet[0], "none"  # every frame is encoded on its own (one tubelet)
+  m.encoder_model = enc
+  m.size = enc.size
   if not m.action_dim:
     meta = records.read_meta(pipeline.data_dirs(config.data)[0], pipeline.feature_map(config.data))
     if not meta.get("action_dim"):
@@ -108,13 +104,13 @@ def check_data(config: ml_collections.ConfigDict, frame_size: int) -> None:
 
 
 def initialize(rt, state: dict) -> dict:
-  """A fresh run starts from the JEPA run's target encoder (its newest checkpoint)."""
-  src = rt.config.model.encoder_source
-  step, saved = ckpt_lib.read_newest(src)
-  enc = saved["extra"]["target_encoder"]
-  enc = ckpt_lib.conform(enc, state["extra"]["encoder"], f"{src} (step {step}) target_encoder")
-  state["extra"]["encoder"] = jax.device_put(jax.tree.map(jnp.asarray, enc), rt.state_shardings["extra"]["encoder"])
-  print(f"frozen encoder: target encoder of {src} at step {step}", flush=True)
+  """A fresh run starts from the pretrained encoder (a JEPA run's target encoder at its newest checkpoint, an
+  export, or an imported V-JEPA encoder)."""
+  m = rt.config.model
+  weights, _ = encoders.read_encoder(m.encoder_source, key=m.get("encoder_key") or None)
+  weights = ckpt_lib.conform(weights, state["extra"]["encoder"], f"{m.encoder_source} encoder")
+  state["extra"]["encoder"] = jax.device_put(jax.tree.map(jnp.asarray, weights), rt.state_shardings["extra"]["encoder"])
+  print(f"frozen encoder: target encoder of {m.encoder_source}", flush=True)
   return state
 
 

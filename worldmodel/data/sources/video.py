@@ -55,6 +55,20 @@ def find_files(pattern: str) -> list[str]:
     return paths
 
 
+def class_of(path: str) -> str:
+    """A file's class under the CLASS/clip.mp4 layout: its parent folder's name."""
+    return os.path.basename(os.path.dirname(os.path.abspath(path)))
+
+
+def class_names(paths: list[str]) -> list[str]:
+    """Sorted class names; label i is names[i]. ValueError if there are fewer than two classes."""
+    names = sorted({class_of(p) for p in paths})
+    if len(names) < 2:
+        raise ValueError(f"--labels=dirname found {len(names)} class folder(s) {names}; clip classification needs "
+                         "files in at least two folders (CLASS/clip.mp4)")
+    return names
+
+
 def glob_root(pattern: str) -> str:
     """The leading directories of `pattern` without wildcards (what paths are relative to)."""
     parts = os.path.expanduser(pattern).split(os.sep)
