@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine: `make quickstart` and `make test`. Both build .venv first.
-# `make test` also installs the dm_control extra (and headless GL from apt) so its tests run, not skip.
+# `make test` also installs the dm_control extra (and headless GL from apt) and the LPIPS / FVD extra, so their
+# tests run, not skip.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -41,7 +42,7 @@ $(DMC_STAMP): $(STAMP)
 	if ldconfig -p | grep -q libEGL.so.1 && ldconfig -p | grep -q libEGL_mesa.so.0 \
 	    && ldconfig -p | grep -q libOSMesa.so; then echo "headless GL libraries present"; \
 	else $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DMC_APT); fi
-	$(PY) -m pip install -q -e ".[test,dmc]"
+	$(PY) -m pip install -q -e ".[test,dmc,metrics]"
 	touch $(DMC_STAMP)
 
 bench: install

@@ -32,3 +32,14 @@ def experiment_config(name: str, variant: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(variant)
+
+
+@pytest.fixture(scope="session")
+def jepa_tiny(tmp_path_factory, dataset) -> str:
+  """A 20-step experiments/jepa.py:tiny run on `dataset`, shared by the JEPA, AC and fine-tuning tests (read its
+  checkpoints; write elsewhere). Short probe fits keep its evaluation quick."""
+  w = tmp_path_factory.mktemp("jepa_tiny") / "jepa"
+  r = run_cli("worldmodel.train", "--config=experiments/jepa.py:tiny", f"--workdir={w}", f"--config.data.dir={dataset}",
+              "--config.total_steps=20", "--config.eval.probe_steps=150", "--config.eval.probe_clips=64")
+  assert r.returncode == 0, r.stderr[-3000:]
+  return str(w)

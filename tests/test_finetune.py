@@ -12,9 +12,6 @@ from conftest import experiment_config, run_cli
 from worldmodel import runtime
 from worldmodel.objectives import finetune, finetune_eval
 
-JEPA_TINY = "experiments/jepa.py:tiny"
-
-
 def _config(variant: str):
   """finetune.py:VARIANT with the encoder block a tiny JEPA run would resolve to (no source needed)."""
   c = experiment_config("finetune", variant)
@@ -26,13 +23,9 @@ def _config(variant: str):
   return c
 
 
-@pytest.fixture(scope="module")
-def jepa_workdir(tmp_path_factory, dataset):
-  w = tmp_path_factory.mktemp("ft") / "jepa"
-  r = run_cli("worldmodel.train", f"--config={JEPA_TINY}", f"--workdir={w}", f"--config.data.dir={dataset}",
-              "--config.total_steps=20")
-  assert r.returncode == 0, r.stderr[-3000:]
-  return w
+@pytest.fixture
+def jepa_workdir(jepa_tiny):
+  return jepa_tiny
 
 
 def test_modes_decide_what_trains_and_has_optimizer_state():

@@ -30,13 +30,16 @@ _BATCH = flags.DEFINE_integer("batch_size", None, "Eval batch size; default: con
 _MAX_CLIPS = flags.DEFINE_integer("max_clips", None, "Evaluate at most this many clips (default: the whole split).")
 _ALL_STEPS = flags.DEFINE_boolean("all_steps", False, "Evaluate every checkpoint in the workdir (oldest first) and "
                                   "plot each metric against the step in WORKDIR/eval/all_steps/.")
+_PERCEPTUAL = flags.DEFINE_string(
+    "perceptual", "", "Tokenizer runs: also compute 'lpips' and / or 'fvd' (comma-separated; needs the [metrics] "
+    "extra: pip install -e '.[metrics]'). FVD is reported with its extractor, resolution, frames and clip count.")
 _PROBES = flags.DEFINE_boolean("probes", True, "JEPA runs: fit the state probes (trained vs random-init vs pixels).")
 flags.mark_flag_as_required("workdir")
 
 
 def evaluate(workdir: str, *, split: str = "test", data_dir: str | None = None, step: int | None = None,
              out_dir: str | None = None, batch_size: int | None = None, max_clips: int | None = None,
-             probes: bool = True) -> dict:
+             probes: bool = True, perceptual: str = "") -> dict:
   from worldmodel import checkpoint as ckpt_lib
   from worldmodel import runtime as runtime_lib
   from worldmodel.data import pipeline
@@ -63,6 +66,13 @@ def evaluate(workdir: str, *, split: str = "test", data_dir: str | None = None, 
   config.eval.split = split  # evaluators that fit probes score them on this split
   if "probes" in config.eval:
     config.eval.probes = config.eval.probes and probes
+  if perceptual:
+    from worldmodel import perceptual as perceptual_lib
+    perceptual_lib.parse(perceptual)
+    if config.objective != "tokenizer":
+      raise ValueError(f"--perceptual={perceptual}: LPIPS / FVD compare pixels; a {config.objective!r} run "
+                       "predicts latents (use a tokenizer workdir)")
+    config.eval.perceptual = perceptual
   evaluator = rt.objective.Evaluator(rt.model(state), config, num_media=config.eval.num_media)
   lead = jax.process_index() == 0
   t0, n_batches = time.time(), -(-num_clips // bs)
@@ -157,7 +167,7 @@ def main(argv):
   from worldmodel.data.records import DatasetError
   try:
     kwargs = dict(split=_SPLIT.value, data_dir=_DATA.value, batch_size=_BATCH.value, max_clips=_MAX_CLIPS.value,
-                  probes=_PROBES.value)
+                  probes=_PROBES.value, perceptual=_PERCEPTUAL.value)
     if _ALL_STEPS.value:
       evaluate_all_steps(_WORKDIR.value, **kwargs)
     else:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from worldmodel import media, metrics
+from worldmodel import media, metrics, perceptual
 from worldmodel.models.tokenizer import VideoTokenizer
 
 BATCH_KEYS = ("video",)
@@ -95,6 +95,8 @@ class Evaluator:
     self.codes = metrics.CodeStats(model.quantizer.num_codes)
     self.frames = metrics.RunningMean()
     self.media: list[np.ndarray] = []
+    kinds = perceptual.parse(config.eval.get("perceptual"))
+    self.perceptual = perceptual.Accumulator(kinds, config.model.frames) if kinds else None  # LPIPS / FVD: the [metrics] extra
 
   def update(self, batch: dict, out: dict) -> None:
     valid = np.asarray(batch["valid"]) > 0
@@ -104,6 +106,8 @@ class Evaluator:
     per_frame = {k: np.asarray(out[k])[valid] for k in ("psnr_BT", "ssim_BT", "mse_BT")}
     self.frames.update({k[:-3]: v.mean(0) for k, v in per_frame.items()}, weight=n)
     self.codes.update(np.asarray(out["indices"])[valid])
+    if self.perceptual:
+      self.perceptual.update(np.asarray(batch["video"])[valid] / 255.0, np.asarray(out["recon"])[valid])
     for truth, recon in zip(np.asarray(batch["video"])[valid], np.asarray(out["recon"])[valid]):
       if len(self.media) < self.num_media:
         self.media.append(media.side_by_side([truth, media.to_uint8(recon)]))
@@ -124,6 +128,7 @@ class Evaluator:
         "num_clips": num_clips,
         "psnr_per_frame": [float(x) for x in per_frame["psnr"]],
         "ssim_per_frame": [float(x) for x in per_frame["ssim"]],
+        **(self.perceptual.result() if self.perceptual else {}),
     }
     os.makedirs(out_dir, exist_ok=True)
     result["media"] = {
