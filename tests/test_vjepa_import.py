@@ -12,9 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional
 
-from conftest import run_cli  # noqa: E402
+import worldmodel  # noqa: E402
+from conftest import experiment_config, run_cli  # noqa: E402
 from worldmodel import checkpoint as ckpt_lib  # noqa: E402
 from worldmodel import encoders  # noqa: E402
+from worldmodel.objectives import ac as ac_obj  # noqa: E402
 from worldmodel.importers import vjepa  # noqa: E402
 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
@@ -234,17 +236,20 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     vjepa.encoder_weights(path, m)
 
 
-def test_workdir_and_export_load_the_same_encoder(tmp_path, dataset):
-  workdir, out = str(tmp_path / "jepa"), str(tmp_path / "export")
-  r = run_cli("worldmodel.train", "--config=experiments/jepa.py:tiny", f"--workdir={workdir}",
-              f"--config.data.dir={dataset}", "--config.total_steps=2", "--config.batch_size=2")
-  assert r.returncode == 0, r.stderr[-2000:]
+def test_workdir_and_export_load_the_same_encoder(tmp_path, dataset, jepa_tiny):
+  workdir, out = jepa_tiny, str(tmp_path / "export")
   r = run_cli("worldmodel.encoders", f"--workdir={workdir}", f"--out={out}")
   assert r.returncode == 0, r.stderr[-2000:]
   assert os.path.exists(os.path.join(out, "encoder.json"))
   enc_w, m_w = encoders.load_encoder(workdir)
-  enc_x, m_x = encoders.load_encoder(out)
+  enc_x, m_x = worldmodel.load_encoder(out)
   assert m_w.to_dict() == m_x.to_dict()
+  # an export also serves as the frozen encoder of an action-conditioned run
+  ac_config = experiment_config("ac", "tiny")
+  ac_config.data.dir, ac_config.model.encoder_source = dataset, out
+  ac_obj.resolve_config(ac_config)
+  assert ac_config.model.encoder_model.encoder.to_dict() == m_x.encoder.to_dict()
+  assert ac_config.model.encoder_model.frames == m_x.tubelet[0] and ac_config.model.size == m_x.size
   _, state = ckpt_lib.read_newest(workdir)
   target = state["extra"]["target_encoder"]["norm"]["scale"]
   np.testing.assert_array_equal(np.asarray(enc_x.norm.scale[...]), target)
