@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # encoder_model, size, classes / state statistics are filled in from init.source and the data at start.
   c.model = dict(name="finetune", task=task, mode=mode, trainable_blocks=2, frames=16, size=0, encoder_model={},
                  head=dict(heads=4, queries=4), dtype="float32", remat="none", scan_layers=False,
-                 classes=[], state_mean=[], state_std=[], state_groups={})
+                 classes=[], state_dim=0, periodic_state=[], state_mean=[], state_std=[], state_groups={})
   c.init = dict(source="", key="")
   # Frozen probes train the head alone (higher lr); fine-tuning moves the encoder gently, lower layers least.
   lr = {"frozen": 1e-3, "partial": 3e-4, "full": 2e-4}[mode]

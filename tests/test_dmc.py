@@ -42,6 +42,7 @@ def test_cli_writes_tfds_dataset(written):
     assert np.all(np.abs(ep["action"]) <= 1)
     meta = records.read_meta(written)
     assert meta["state_groups"] == {"qpos": [0, 1], "qvel": [2, 3]}
+    assert meta["periodic_state"] == [0]  # reacher's shoulder winds freely; its wrist is limited
     assert (meta["domain"], meta["task"], meta["camera"], meta["action_dim"]) == ("reacher", "easy", 0, 2)
     assert meta["control_timestep"] == pytest.approx(0.02)
 

@@ -19,7 +19,7 @@ def _config(variant: str):
   c.model.encoder_model = dict(frames=4, size=jepa.size, tubelet=jepa.tubelet, pos="sincos", dtype="float32",
                                remat="none", scan_layers=False, encoder=jepa.encoder.to_dict())
   c.model.size = jepa.size
-  c.model.update(state_mean=[0.0] * 3, state_std=[1.0] * 3)
+  c.model.update(state_dim=3, state_mean=[0.0] * 3, state_std=[1.0] * 3)
   return c
 
 

@@ -32,3 +32,14 @@ def test_r2_by_group_pools_dimensions_and_skips_constant_ones():
   r2 = probes.r2_by_group(y, pred, {"a": [0, 1], "c": [2]})
   sst = np.sum(np.square(np.arange(10.0) - 4.5))
   assert np.isclose(r2["a"], 1 - 10.0 / (sst + sst * 1e4)) and "c" not in r2
+
+
+def test_periodic_state_dimensions_become_sin_and_cos():
+  y = np.array([[0.0, 1.0, 2.0], [np.pi / 2, 3.0, 4.0]])
+  out, groups = probes.state_targets(y, {"qpos": [0, 1], "qvel": [2]}, [0])
+  np.testing.assert_allclose(out, [[1.0, 2.0, 0.0, 1.0], [3.0, 4.0, 1.0, 0.0]], atol=1e-12)
+  assert groups == {"qpos": [0, 2, 3], "qvel": [1]}
+  # an angle and the same angle one turn later are the same target
+  a, _ = probes.state_targets(np.array([[0.3, 0.0, 0.0]]), {}, [0])
+  b, _ = probes.state_targets(np.array([[0.3 + 2 * np.pi, 0.0, 0.0]]), {}, [0])
+  np.testing.assert_allclose(a, b, atol=1e-12)

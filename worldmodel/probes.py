@@ -89,6 +89,22 @@ def attentive_probe(x_train, y_train, x_test, y_test, *, steps: int = 1500, batc
   return y_te, pred
 
 
+def state_targets(state_NS, groups: dict[str, list[int]], periodic: list[int]):
+  """What probes regress: the state with every periodic dimension (an angle that winds past ±π) replaced by its
+  sin and cos, appended at the end; groups follow (an angle's group gets both). numpy or jax arrays."""
+  if not periodic:
+    return state_NS, dict(groups)
+  xp = np if isinstance(state_NS, np.ndarray) else jnp
+  S = state_NS.shape[-1]
+  keep = [i for i in range(S) if i not in periodic]
+  angles = state_NS[..., list(periodic)]
+  out = xp.concatenate([state_NS[..., keep], xp.sin(angles), xp.cos(angles)], axis=-1)
+  where = {i: [keep.index(i)] for i in keep}
+  for k, i in enumerate(periodic):
+    where[i] = [len(keep) + k, len(keep) + len(periodic) + k]
+  return out, {name: sorted(j for i in ids if i < S for j in where[i]) for name, ids in groups.items()}
+
+
 def r2_by_group(y_NS: np.ndarray, pred_NS: np.ndarray, groups: dict[str, list[int]]) -> dict[str, float]:
   """R² of each named slice of the state, pooled over its dimensions (1 - ΣSSE / ΣSST), so one nearly constant
   dimension cannot dominate a group; dimensions that never vary are skipped. 'all' pools every dimension."""

@@ -8,8 +8,8 @@ encoder export, or a V-JEPA / V-JEPA 2 .pt / .safetensors file); its architectur
   full     everything trains; `optim.layer_decay` < 1 scales block i's learning rate by decay^(depth - i)
            (layer-wise learning-rate decay: lower layers move less)
 Tasks (`model.task`):
-  state     regress the state of every tubelet time slot (mean over its frames), standardised with train-split
-            statistics; evaluated as R² per state group (as the JEPA probes)
+  state     regress the state of every tubelet time slot (mean over its frames; angles that wind past ±π as sin,
+            cos), standardised with train-split statistics; evaluated as R² per state group (as the JEPA probes)
   classify  a clip's `label` (e.g. `generate --source=video:DIR/*/*.mp4 --labels=dirname`); softmax cross-entropy,
             evaluated as accuracy, per class, and a confusion matrix
 """
@@ -23,7 +23,7 @@ import optax
 from flax import nnx, traverse_util
 
 from worldmodel import checkpoint as ckpt_lib
-from worldmodel import encoders
+from worldmodel import encoders, probes
 from worldmodel.data import pipeline, records
 from worldmodel.models import heads, vit
 from worldmodel.models.jepa import Frozen, retyped
@@ -52,6 +52,7 @@ class FinetuneModel(nnx.Module):
     e = m.encoder_model
     self.task, self.slot_frames = m.task, e.tubelet[0]
     self.state_mean, self.state_std = tuple(m.get("state_mean") or ()), tuple(m.get("state_std") or ())
+    self.periodic = tuple(m.get("periodic_state") or ())
     self.encoder = freeze(vit.VideoViT(e, e.encoder, rngs=rngs), m.mode, m.trainable_blocks)
     self.head = heads.AttentiveHead(e.encoder.width, output_dim(m), heads=m.head.heads, queries=m.head.queries,
                                     rngs=rngs, dtype=jnp.dtype(e.dtype))
@@ -91,17 +92,20 @@ def resolve_config(config: ml_collections.ConfigDict) -> None:
   else:
     if not meta.get("state_dim"):
       raise records.DatasetError(f"{config.data.dir}: no 'state' feature to regress (model.task='state')")
+    m.state_dim, m.periodic_state = int(meta["state_dim"]), list(meta.get("periodic_state") or [])
     if not m.state_mean:  # once per run: a resumed run keeps the statistics it started with
-      mean, std = state_statistics(config.data)
+      mean, std = state_statistics(config.data, m.periodic_state)
       m.state_mean, m.state_std = [float(x) for x in mean], [float(x) for x in std]
-    m.state_groups = meta.get("state_groups") or {}
+    _, m.state_groups = probes.state_targets(np.zeros((1, m.state_dim)), meta.get("state_groups") or {},
+                                             m.periodic_state)
 
 
-def state_statistics(data_cfg, max_episodes: int = 512) -> tuple[np.ndarray, np.ndarray]:
-  """Per-dimension mean / std of the train split's states (up to max_episodes episodes); std floored so that a
-  constant dimension does not blow up."""
+def state_statistics(data_cfg, periodic: list[int], max_episodes: int = 512) -> tuple[np.ndarray, np.ndarray]:
+  """Per-dimension mean / std of the train split's regression targets (periodic dimensions as sin, cos; up to
+  max_episodes episodes); std floored so that a constant dimension does not blow up."""
   source = pipeline.open_sources(data_cfg, data_cfg.train_split)[0]
   states = np.concatenate([source[i]["state"] for i in range(min(len(source), max_episodes))]).astype(np.float64)
+  states, _ = probes.state_targets(states, {}, periodic)
   return states.mean(0), np.maximum(states.std(0), 1e-3 * max(float(states.std(0).max()), 1e-6))
 
 
@@ -140,7 +144,7 @@ def batch_spec(config: ml_collections.ConfigDict, sharding) -> dict:
   if m.task == "classify":
     spec["label"] = jax.ShapeDtypeStruct((B,), jnp.int32, sharding=sharding)
   else:
-    spec["state"] = jax.ShapeDtypeStruct((B, m.frames, len(m.state_mean)), jnp.float32, sharding=sharding)
+    spec["state"] = jax.ShapeDtypeStruct((B, m.frames, m.state_dim), jnp.float32, sharding=sharding)
   return spec
 
 
@@ -192,8 +196,8 @@ def lr_scales(config: ml_collections.ConfigDict, params: dict) -> dict | None:
 # Loss and evaluation outputs.
 # ---------------------------------------------------------------------------------------------------------------
 def targets(model: FinetuneModel, batch: dict) -> jax.Array:
-  """Standardised per-slot states [B, T', S]."""
-  state = batch["state"].astype(jnp.float32)
+  """Standardised per-slot regression targets [B, T', S'] (periodic dimensions as sin, cos)."""
+  state, _ = probes.state_targets(batch["state"].astype(jnp.float32), {}, list(model.periodic))
   B, T, S = state.shape
   slots = state.reshape(B, T // model.slot_frames, model.slot_frames, S).mean(axis=2)
   return (slots - jnp.asarray(model.state_mean, jnp.float32)) / jnp.asarray(model.state_std, jnp.float32)

@@ -101,7 +101,10 @@ class Evaluator:
     encoders = ex.encoders(self.model.target_encoder)
     train_x, train_y = ex.run(encoders, e.probe_train_split, e.probe_clips)
     test_x, test_y = ex.run(encoders, split, e.probe_clips)
-    groups = records.read_meta(pipeline.data_dirs(self.config.data)[0]).get("state_groups") or {}
+    meta = records.read_meta(pipeline.data_dirs(self.config.data)[0])
+    groups = meta.get("state_groups") or {}
+    train_y, _ = probes.state_targets(train_y, groups, meta.get("periodic_state") or [])
+    test_y, groups = probes.state_targets(test_y, groups, meta.get("periodic_state") or [])
     r2 = {"linear": {}, "attentive": {}}
     for name in encoders:
       r2["linear"][name] = probes.r2_by_group(*probes.ridge_probe(

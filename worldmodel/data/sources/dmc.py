@@ -113,8 +113,13 @@ def load_env(spec: Spec):
 
 def meta(env, spec: Spec) -> dict:
     """Sidecar metadata for worldmodel.json."""
-    nq, nv = env.physics.model.nq, env.physics.model.nv
-    return {"domain": spec.domain, "task": spec.task, "camera": spec.camera,
+    model = env.physics.model
+    nq, nv = model.nq, model.nv
+    # Unlimited hinge joints (reacher's shoulder, ...) wind past ±π: the same picture has many qpos values, so
+    # probes regress (sin, cos) of these dimensions instead (worldmodel.probes.state_targets).
+    periodic = [int(model.jnt_qposadr[j]) for j in range(model.njnt)
+                if model.jnt_type[j] == 3 and not model.jnt_limited[j]]
+    return {"periodic_state": periodic, "domain": spec.domain, "task": spec.task, "camera": spec.camera,
             "action_repeat": spec.action_repeat, "action_dim": int(env.action_spec().shape[0]),
             "control_timestep": float(env.control_timestep()) * spec.action_repeat,
             "gl_backend": os.environ.get("MUJOCO_GL"),
