@@ -2,7 +2,8 @@
 
 Per frame t the sequence holds [action_t token, N frame tokens]; every token may attend to all tokens of frames
 ≤ t (block-causal), and the frame tokens' outputs predict the features of frame t+1. Training runs the whole clip in
-one pass (teacher forcing); planning rolls out one frame at a time with cached keys / values (`init_cache`,
+one pass (teacher forcing); with `model.residual` the output is added to frame t's features (so an untrained
+predictor starts at "copy the last frame" instead of noise); planning rolls out one frame at a time with cached keys / values (`init_cache`,
 `step`), which gives the same outputs as recomputing the whole sequence.
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ class ACPredictor(nnx.Module):
   def __init__(self, m: ml_collections.ConfigDict, enc_dim: int, grid_hw: tuple[int, int], *, rngs: nnx.Rngs):
     p, dtype = m.predictor, jnp.dtype(m.dtype)
     self.width, self.heads, self.enc_dim = p.width, p.heads, enc_dim
+    self.residual = bool(m.get("residual", False))  # predict z_t + Δ: "nothing moves" is where training starts
     self.tokens_per_frame = int(np.prod(grid_hw))
     self.max_frames = m.max_frames
     self.embed = layers.dense(enc_dim, p.width, axes=("fsdp", "tensor"), rngs=rngs, dtype=dtype)
@@ -73,7 +75,8 @@ class ACPredictor(nnx.Module):
       raise ValueError(f"{T} frames exceed the predictor's model.max_frames={self.max_frames}")
     x = self._tokens(z_BTND, a_BTA).reshape(B, T * self.per_frame, self.width)
     x = self.blocks(x, mask=jnp.asarray(block_causal_mask(T, self.per_frame))[None, None])
-    return self._readout(x.reshape(B, T, self.per_frame, self.width))
+    out = self._readout(x.reshape(B, T, self.per_frame, self.width))
+    return z_BTND + out if self.residual else out
 
   # -- cached step-by-step rollout ---------------------------------------------------------------------------
   def init_cache(self, batch: int, frames: int | None = None, dtype=jnp.float32) -> dict:
@@ -98,4 +101,5 @@ class ACPredictor(nnx.Module):
       x = x + block.attn.out(o.reshape(x.shape))
       x = x + block.mlp(block.norm2(x))
     pred = self._readout(x[:, None])[:, 0]
+    pred = z_BND + pred if self.residual else pred
     return pred, {"k": jnp.stack(ks), "v": jnp.stack(vs)}
