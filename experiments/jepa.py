@@ -96,6 +96,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.predictor = dict(width=96, depth=4, heads=3, mlp_ratio=4.0)
     c.model.loss_exp = 2.0  # sparse scenes (an arm on a plain floor): see tiny
     c.optim.update(lr=5e-4, warmup_steps=200, ema_start=0.996, ema_end=1.0)
+    c.eval.probe_clips = 1024  # 4 time slots per clip: 4096 probe samples (256 clips left the attentive probe overfit)
   elif variant == "small":
     pass
   elif variant == "bench":
