@@ -3,8 +3,8 @@
 Per frame t the sequence holds [action_t token, N frame tokens]; every token may attend to all tokens of frames
 ≤ t (block-causal), and the frame tokens' outputs predict the features of frame t+1. Training runs the whole clip in
 one pass (teacher forcing); with `model.residual` the output is added to frame t's features (so an untrained
-predictor starts at "copy the last frame" instead of noise); planning rolls out one frame at a time with cached keys / values (`init_cache`,
-`step`), which gives the same outputs as recomputing the whole sequence.
+predictor starts at "copy the last frame" instead of noise). Planning rolls out one frame at a time with cached
+keys / values (`init_cache`, `step`), which gives the same outputs as recomputing the whole sequence.
 """
 from __future__ import annotations
 

@@ -163,7 +163,7 @@ def initialize(rt, state: dict) -> dict:
     if part:
       tree = traverse_util.unflatten_dict({k: jnp.asarray(flat[k]) for k in part})
       state[g]["encoder"] = jax.device_put(tree, rt.state_shardings[g]["encoder"])
-  trainable = len(parts["params"]) and sum(int(np.prod(v.shape)) for v in parts["params"].values())
+  trainable = sum(int(np.prod(v.shape)) for v in parts["params"].values())
   print(f"encoder from {c.init.source} ({c.model.mode}: {trainable:,} of its weights train)", flush=True)
   return state
 
