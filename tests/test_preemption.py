@@ -17,6 +17,18 @@ def _steps(workdir):
   return sorted(int(p) for p in os.listdir(os.path.join(workdir, "checkpoints")) if p.isdigit())
 
 
+def _pid_of(args):
+  """The process whose command line holds all of `args` (read from /proc: no procps needed)."""
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")
+    except OSError:
+      continue
+    if all(a in cmdline for a in args):
+      return int(pid)
+  raise AssertionError(f"no process with {args}")
+
+
 @pytest.mark.slow
 def test_sigterm_checkpoints_at_the_next_step_and_exits_zero(tmp_path, dataset):
   w = tmp_path / "w"
@@ -34,6 +46,29 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits_zero(tmp_path, dataset):
   assert "SIGTERM: saved checkpoint at step" in out
   saved = _steps(w)
   assert len(saved) == 1 and saved[0] >= 5
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_saves_one_common_step(tmp_path, dataset):
+  # A preemption notice often reaches one host only; a save is collective, so both must pick the same step.
+  w = tmp_path / "w"
+  cmd = [sys.executable, os.path.join(REPO, "launch", "local.py"), "--num_processes=2", "--devices_per_process=2",
+         "--", sys.executable, "-m", "worldmodel.train", "--config=experiments/tokenizer.py:tiny", f"--workdir={w}",
+         f"--config.data.dir={dataset}", "--config.total_steps=100000", "--config.checkpoint.every_steps=100000",
+         "--config.log_every_steps=5"]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+  deadline = time.time() + 180
+  for line in proc.stdout:
+    if "step 5/" in line or time.time() > deadline:
+      break
+  os.kill(_pid_of([f"--workdir={w}", "--process_id=1"]), signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out[-3000:]
+  said = [l for l in out.splitlines() if "SIGTERM: saved checkpoint at step" in l]
+  assert len(said) == 2 and {l.split("] ", 1)[1] for l in said} == {said[0].split("] ", 1)[1]}, said
+  saved = _steps(w)
+  assert len(saved) == 1 and saved[0] >= 5 and f"at step {saved[0]};" in said[0]
 
 
 @pytest.mark.slow

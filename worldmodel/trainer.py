@@ -11,6 +11,7 @@ import signal
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -113,18 +114,32 @@ def host_scalars(logs: dict) -> dict:
 
 
 class _Preemption:
-  """SIGTERM (preemption notice) → finish the current step, checkpoint, exit 0."""
+  """SIGTERM (preemption notice) → finish the current step, checkpoint, exit 0.
+
+  One process: a Python handler sets a flag. Several processes: the notice may reach one host, or reach hosts at
+  different steps, and a save is collective, so they must agree on the step. JAX's preemption sync service (started
+  by jax.distributed.initialize, which installs its own SIGTERM handler) spreads the notice and names a common step.
+  """
 
   def __init__(self):
+    self.multi = jax.process_count() > 1
     self.requested = False
-    self._old = signal.signal(signal.SIGTERM, self._handle)
+    if not self.multi:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
 
+  def should_stop(self, step: int) -> bool:
+    """Call once per step, on every process (the multi-process protocol counts on it)."""
+    if self.multi:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
   def restore(self):
-    signal.signal(signal.SIGTERM, self._old)
+    if not self.multi:
+      signal.signal(signal.SIGTERM, self._old)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -166,8 +181,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state, logs = rt.train_step(state, batch)
       step += 1
 
+      # Read once: a SIGTERM landing between the save decision and the exit check must not exit unsaved.
+      stop = preempt.should_stop(step)
       due_log = step % config.log_every_steps == 0 or step == config.total_steps
-      due_ckpt = step % config.checkpoint.every_steps == 0 or step == config.total_steps or preempt.requested
+      due_ckpt = step % config.checkpoint.every_steps == 0 or step == config.total_steps or stop
       if due_log or due_ckpt:
         last = host_scalars(logs)
         _check_finite(last, step)
@@ -183,7 +200,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if due_ckpt:
         ckpt.save(step, state, {"next_step": step, "seed": config.seed, "batch_size": config.batch_size,
                                 "samples_seen": step * config.batch_size}, cfg_dict, force=True)
-      if preempt.requested:
+      if stop:
         print(f"SIGTERM: saved checkpoint at step {step}; exiting", flush=True)
         break
   finally:
