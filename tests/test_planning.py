@@ -125,3 +125,19 @@ def test_oracle_mpc_reaches_the_goal_random_does_not(env):
   assert sum(r["success"] for r in rand) <= 1
   for r in mpc:
     assert r["final_distance"] < r["distance_T"][0] / 3
+
+
+def test_simulated_end_frames_are_what_executing_the_actions_shows(env):
+  # `plan --dynamics=simulator` encodes these frames in place of the AC model's predictions.
+  env.reset(5)
+  start_frame, start_state = env.frame(), env.state()
+  actions_NHA = np.random.default_rng(0).uniform(-1, 1, (3, 4, 2)).astype(np.float32)
+  frames_NHWC = env.rollout_last_frames(actions_NHA)
+  np.testing.assert_array_equal(env.frame(), start_frame)  # the episode is not advanced
+  np.testing.assert_array_equal(env.state(), start_state)
+  for actions_HA, predicted in zip(actions_NHA, frames_NHWC):
+    env.reset(5)
+    for a in actions_HA:
+      shown = env.step(a)
+    np.testing.assert_array_equal(shown, predicted)
+  assert not np.array_equal(frames_NHWC[0], frames_NHWC[1])

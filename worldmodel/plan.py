@@ -7,6 +7,11 @@ Each step: encode the current frame and the goal image with the frozen encoder, 
 replan. The same episodes run with random actions as a baseline. Writes WORKDIR/plan/<step>/metrics.json (success
 rate, final fingertip distance, planning time) and a video of the first episode (observation | goal).
 Episode seeds start at 1,000,000 so they never coincide with generated training episodes.
+
+--dynamics tells where a failure comes from. `model` (default) plans with the AC predictor. `simulator` keeps the
+encoder and the L1 cost but predicts with the true MuJoCo physics (each candidate's end pose rendered and encoded):
+if it also fails, the representation / cost is what limits planning, not the predictor. `oracle` uses the true
+physics and the true fingertip distance: the planner's own ceiling at this horizon and sample budget.
 """
 from __future__ import annotations
 
@@ -29,6 +34,10 @@ _PLANNER = flags.DEFINE_enum("planner", "cem", ["cem", "mppi"], "Sampling planne
 _SAMPLES = flags.DEFINE_integer("samples", 64, "Candidate action sequences per planner iteration.")
 _ITERS = flags.DEFINE_integer("iterations", 4, "Planner iterations per step.")
 _ELITES = flags.DEFINE_integer("elites", 8, "CEM elites.")
+_DYNAMICS = flags.DEFINE_enum("dynamics", "model", ["model", "simulator", "oracle"],
+                              "What predicts each candidate's outcome: the AC model (latent rollout, L1 to the goal's "
+                              "features); the true simulator with the same encoder and cost (isolates the predictor's "
+                              "error); or the simulator with the true distance (the planner's ceiling).")
 _SEED = flags.DEFINE_integer("seed", 0, "First episode seed (offset by 1,000,000).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest.")
 _OUT = flags.DEFINE_string("out", None, "Output directory; default: WORKDIR/plan/<step>.")
@@ -54,8 +63,10 @@ def load_world_model(workdir: str, step: int | None = None):
   return step, config, rt.model(state)
 
 
-def make_planner(model, env, *, horizon: int, planner: str, samples: int, iterations: int, elites: int):
-  """plan_fn(obs_HWC, goal_HWC, key, warm_HA) -> actions_HA, one jitted function for the whole search."""
+def make_planner(model, env, *, horizon: int, planner: str, samples: int, iterations: int, elites: int,
+                 dynamics: str = "model"):
+  """plan_fn(obs_HWC, goal_HWC, key, warm_HA) -> actions_HA; one jitted function for the whole search, except with
+  dynamics='simulator', whose search runs on the host (rendering cannot run inside a jax callback's thread)."""
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -64,8 +75,32 @@ def make_planner(model, env, *, horizon: int, planner: str, samples: int, iterat
   graphdef, weights = nnx.split(model)
   low_A, high_A = env.low_A, env.high_A
 
+  def search(cost_fn, key, warm_HA):
+    if planner == "cem":
+      return planning.cem(cost_fn, key, horizon=horizon, low_A=low_A, high_A=high_A, samples=samples,
+                          elites=elites, iterations=iterations, init_mean_HA=warm_HA)[0]
+    return planning.mppi(cost_fn, key, horizon=horizon, low_A=low_A, high_A=high_A, samples=samples,
+                         iterations=iterations, init_mean_HA=warm_HA)[0]
+
+  if dynamics == "simulator":
+    encode = jax.jit(lambda w, frames_1NHWC: nnx.merge(graphdef, w).encode(frames_1NHWC)[0])  # [N, tokens, D]
+
+    def plan_on_host(obs_HWC, goal_HWC, key, warm_HA):
+      goal_ND = encode(weights, jnp.asarray(goal_HWC)[None, None])[0]
+
+      def cost_fn(actions_NHA):
+        with jax.disable_jit(False):  # the encoder stays compiled inside the eager search
+          z_NTD = encode(weights, jnp.asarray(env.rollout_last_frames(np.asarray(actions_NHA)))[None])
+          return jnp.mean(jnp.abs(z_NTD - goal_ND), axis=(1, 2))
+
+      with jax.disable_jit():  # the search's loop runs eagerly, so cost_fn gets concrete actions
+        return search(cost_fn, key, warm_HA)
+    return plan_on_host
+
   @jax.jit
   def plan(weights, obs_HWC, goal_HWC, key, warm_HA):
+    if dynamics == "oracle":
+      return search(env.oracle_cost_fn(), key, warm_HA)
     m = nnx.merge(graphdef, weights)
     z = m.encode(jnp.stack([obs_HWC, goal_HWC])[None])[0]  # [2, N, D]
     z0_1CND, goal_ND = z[None, :1], z[1]
@@ -75,17 +110,14 @@ def make_planner(model, env, *, horizon: int, planner: str, samples: int, iterat
       preds = m.rollout(jnp.broadcast_to(z0_1CND, (n,) + z0_1CND.shape[1:]), actions_NHA, horizon)
       return jnp.mean(jnp.abs(preds[:, -1] - goal_ND), axis=(1, 2))
 
-    if planner == "cem":
-      return planning.cem(cost_fn, key, horizon=horizon, low_A=low_A, high_A=high_A, samples=samples,
-                          elites=elites, iterations=iterations, init_mean_HA=warm_HA)[0]
-    return planning.mppi(cost_fn, key, horizon=horizon, low_A=low_A, high_A=high_A, samples=samples,
-                         iterations=iterations, init_mean_HA=warm_HA)[0]
+    return search(cost_fn, key, warm_HA)
 
   return functools.partial(plan, weights)
 
 
 def run(workdir: str, *, env_name: str, episodes: int, steps: int, horizon: int, planner: str, samples: int,
-        iterations: int, elites: int, seed: int = 0, step: int | None = None, out_dir: str | None = None) -> dict:
+        iterations: int, elites: int, seed: int = 0, step: int | None = None, out_dir: str | None = None,
+        dynamics: str = "model") -> dict:
   from worldmodel import media, planning
   from worldmodel.data import pipeline, records
   from worldmodel.envs import dmc_goal
@@ -101,7 +133,7 @@ def run(workdir: str, *, env_name: str, episodes: int, steps: int, horizon: int,
     raise ValueError(f"{env_name} has {len(env.low_A)}-D actions but the model in {workdir} was trained on "
                      f"{config.model.action_dim}-D actions")
   plan_fn = make_planner(model, env, horizon=horizon, planner=planner, samples=samples, iterations=iterations,
-                         elites=elites)
+                         elites=elites, dynamics=dynamics)
   planned, random = [], []
   t0 = time.time()
   for i in range(episodes):
@@ -114,11 +146,11 @@ def run(workdir: str, *, env_name: str, episodes: int, steps: int, horizon: int,
           f"| {np.median(p['plan_seconds'][1:] if len(p['plan_seconds']) > 1 else p['plan_seconds']):.3f} s/plan",
           flush=True)
 
-  out_dir = out_dir or os.path.join(workdir, "plan", str(step))
+  out_dir = out_dir or os.path.join(workdir, "plan", str(step) if dynamics == "model" else f"{step}-{dynamics}")
   os.makedirs(out_dir, exist_ok=True)
   plan_s = np.concatenate([p["plan_seconds"][1:] for p in planned if len(p["plan_seconds"]) > 1] or [[np.nan]])
   result = {"step": step, "env": env_name, "episodes": episodes, "steps": steps, "horizon": horizon,
-            "planner": planner, "samples": samples, "iterations": iterations,
+            "planner": planner, "samples": samples, "iterations": iterations, "dynamics": dynamics,
             "success_rate": float(np.mean([p["success"] for p in planned])),
             "final_success_rate": float(np.mean([p["final_success"] for p in planned])),
             "final_distance": float(np.mean([p["final_distance"] for p in planned])),
@@ -150,7 +182,7 @@ def main(argv):
   try:
     run(_WORKDIR.value, env_name=_ENV.value, episodes=_EPISODES.value, steps=_STEPS.value, horizon=_HORIZON.value,
         planner=_PLANNER.value, samples=_SAMPLES.value, iterations=_ITERS.value, elites=_ELITES.value,
-        seed=_SEED.value, step=_STEP.value, out_dir=_OUT.value)
+        seed=_SEED.value, step=_STEP.value, out_dir=_OUT.value, dynamics=_DYNAMICS.value)
   except (config_lib.ConfigError, CheckpointError, DatasetError, ValueError) as e:
     config_lib.die(str(e))
 

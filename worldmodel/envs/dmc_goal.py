@@ -170,9 +170,9 @@ class GoalEnv:
     finally:
       self._restore(saved)
 
-  def rollout_cost(self, actions_NHA) -> np.ndarray:
-    """Oracle cost [N]: mean goal distance along each action sequence simulated from the current
-    state with the true physics (mujoco.rollout; the env itself is not advanced)."""
+  def _simulate(self, actions_NHA) -> np.ndarray:
+    """qpos [N, H, Q] after each step of each action sequence, simulated from the current state with the true
+    physics (mujoco.rollout); the env itself is not advanced."""
     actions_NHA = np.clip(np.asarray(actions_NHA, np.float64), self.low_A, self.high_A)
     control_NTA = np.repeat(actions_NHA, self.spec.action_repeat, axis=1)
     m, d = self.physics.model.ptr, self.physics.data.ptr
@@ -181,8 +181,26 @@ class GoalEnv:
     mujoco.mj_getState(m, d, init, spec)
     state_NTS, _ = rollout.rollout(m, self._rollout_data, init[None], control_NTA)
     state_NTS = state_NTS[:, self.spec.action_repeat - 1::self.spec.action_repeat]
-    qpos_NHQ = state_NTS[..., 1:1 + m.nq]  # FULLPHYSICS layout: time, qpos, qvel, act, ...
-    return self.task.rollout_distance(qpos_NHQ).mean(-1).astype(np.float32)
+    return state_NTS[..., 1:1 + m.nq]  # FULLPHYSICS layout: time, qpos, qvel, act, ...
+
+  def rollout_cost(self, actions_NHA) -> np.ndarray:
+    """Oracle cost [N]: mean goal distance along each action sequence under the true physics."""
+    return self.task.rollout_distance(self._simulate(actions_NHA)).mean(-1).astype(np.float32)
+
+  def rollout_last_frames(self, actions_NHA) -> np.ndarray:
+    """[N, H, W, C] renders of where each action sequence ends under the true physics (velocities are not drawn,
+    so the pose is the picture). Rendering must run on the thread that owns the GL context: call it from the host,
+    not from a jax callback."""
+    saved = self._save()
+    try:
+      frames = []
+      for qpos_Q in self._simulate(actions_NHA)[:, -1]:
+        self.physics.data.qpos[:] = qpos_Q
+        self.physics.forward()
+        frames.append(self.frame())
+      return np.stack(frames)
+    finally:
+      self._restore(saved)
 
   def oracle_cost_fn(self):
     """`rollout_cost` as a jittable cost_fn(actions_NHA) -> cost_N (host callback), for an
