@@ -5,6 +5,7 @@ import math
 import os
 import pathlib
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -257,3 +258,16 @@ def test_workdir_and_export_load_the_same_encoder(tmp_path, dataset, jepa_tiny):
   np.testing.assert_array_equal(np.asarray(encoders.encode(enc_w, video)), np.asarray(encoders.encode(enc_x, video)))
   r = run_cli("worldmodel.encoders", "--workdir=/nonexistent", f"--out={out}")
   assert r.returncode != 0 and "error:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_encoder_config_is_read_without_the_weights(tmp_path, jepa_tiny):
+  # AC / fine-tune configs take the encoder's architecture at start-up; the weights are read once, at init.
+  bare = tmp_path / "config_only"
+  bare.mkdir()
+  shutil.copy(os.path.join(jepa_tiny, "config.json"), bare / "config.json")
+  assert encoders.read_encoder_config(str(bare)).to_dict() == encoders.read_encoder(jepa_tiny)[1].to_dict()
+  assert encoders.read_encoder_config(str(bare), frames=2).frames == 2
+  with pytest.raises(ckpt_lib.CheckpointError, match="no readable checkpoint"):
+    encoders.read_encoder(str(bare))  # the weights are where it fails, with the cause
+  with pytest.raises(ckpt_lib.CheckpointError, match="neither a worldmodel workdir"):
+    encoders.read_encoder_config(str(tmp_path))

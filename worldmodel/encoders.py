@@ -40,46 +40,85 @@ def _encoder_config(m: ml_collections.ConfigDict, frames: int | None, size: int 
   return ml_collections.ConfigDict(d)
 
 
+_ENCODER_OF = {"jepa": "its EMA target encoder", "ac": "the frozen encoder it was trained on",
+               "finetune": "its fine-tuned encoder"}
+
+
+def _workdir_encoder_config(workdir: str, config=None) -> ml_collections.ConfigDict:
+  config = config or config_lib.load_workdir_config(workdir)
+  if config.objective not in _ENCODER_OF:
+    raise ckpt_lib.CheckpointError(f"{workdir} is a {config.objective!r} run with no encoder to load; use a JEPA, "
+                                   "AC or fine-tune workdir")
+  return config.model if config.objective == "jepa" else config.model.encoder_model
+
+
 def _workdir_encoder(workdir: str) -> tuple[int, dict, ml_collections.ConfigDict]:
   """(step, encoder weights, encoder model config) of a workdir's newest checkpoint."""
   config = config_lib.load_workdir_config(workdir)
+  model, objective = _workdir_encoder_config(workdir, config), config.objective
   step, state = ckpt_lib.read_newest(workdir)
   extra = state.get("extra", {})
-  if config.objective == "jepa" and "target_encoder" in extra:
-    return step, extra["target_encoder"], config.model
-  if config.objective == "ac" and "encoder" in extra:  # the frozen encoder an AC run was trained on
-    return step, extra["encoder"], config.model.encoder_model
-  if config.objective == "finetune":  # trained parts are params, frozen parts extra: put them back together
+  if objective == "jepa" and "target_encoder" in extra:
+    return step, extra["target_encoder"], model
+  if objective == "ac" and "encoder" in extra:
+    return step, extra["encoder"], model
+  if objective == "finetune":  # trained parts are params, frozen parts extra: put them back together
     parts = {**traverse_util.flatten_dict(extra.get("encoder", {})),
              **traverse_util.flatten_dict(state.get("params", {}).get("encoder", {}))}
-    return step, traverse_util.unflatten_dict(parts), config.model.encoder_model
-  raise ckpt_lib.CheckpointError(f"{workdir} is a {config.objective!r} run with no encoder to load (extra holds "
-                                 f"{sorted(extra)}); use a JEPA, AC or fine-tune workdir")
+    return step, traverse_util.unflatten_dict(parts), model
+  raise ckpt_lib.CheckpointError(f"{workdir}: the newest checkpoint (step {step}) lacks {_ENCODER_OF[objective]} "
+                                 f"(extra holds {sorted(extra)})")
+
+
+def _source_kind(path: str) -> str:
+  """'export', 'workdir' or 'vjepa'; a clear error for anything else."""
+  if os.path.isdir(path):
+    if os.path.exists(os.path.join(path, "encoder.json")):
+      return "export"
+    if os.path.exists(os.path.join(path, "config.json")):
+      return "workdir"
+    raise ckpt_lib.CheckpointError(f"{path} is neither a worldmodel workdir (config.json) nor an encoder export "
+                                   "(encoder.json)")
+  if path.endswith(vjepa.TORCH_SUFFIXES + (".safetensors",)):
+    if not os.path.exists(path):
+      raise ckpt_lib.CheckpointError(f"{path}: no such file")
+    return "vjepa"
+  raise ckpt_lib.CheckpointError(f"{path}: not a directory and not a known checkpoint file; supported: a workdir, "
+                                 f"an encoder export, or {vjepa.FORMATS}")
+
+
+def _export_config(path: str) -> ml_collections.ConfigDict:
+  with open(os.path.join(path, "encoder.json")) as f:
+    meta = json.load(f)
+  if meta.get("format") != EXPORT_FORMAT:
+    raise ckpt_lib.CheckpointError(f"{path}/encoder.json is not a {EXPORT_FORMAT} export")
+  return ml_collections.ConfigDict(meta["model"])
 
 
 def read_encoder(path: str, *, frames: int | None = None, size: int | None = None,
                  key: str | None = None) -> tuple[dict, ml_collections.ConfigDict]:
   """(encoder weights as a pure dict, model config) from a workdir, an encoder export or a V-JEPA checkpoint file:
   what `load_encoder` builds from, and what fine-tuning and AC runs start from. `key`: a V-JEPA file's entry."""
-  if os.path.isdir(path):
-    if os.path.exists(os.path.join(path, "encoder.json")):
-      with open(os.path.join(path, "encoder.json")) as f:
-        meta = json.load(f)
-      if meta.get("format") != EXPORT_FORMAT:
-        raise ckpt_lib.CheckpointError(f"{path}/encoder.json is not a {EXPORT_FORMAT} export")
-      m = _encoder_config(ml_collections.ConfigDict(meta["model"]), frames, size)
-      return ckpt_lib.read_numpy(os.path.join(os.path.abspath(path), "weights")), m
-    if os.path.exists(os.path.join(path, "config.json")):
-      _, weights, model = _workdir_encoder(path)
-      return weights, _encoder_config(model, frames, size)
-    raise ckpt_lib.CheckpointError(f"{path} is neither a worldmodel workdir (config.json) nor an encoder export "
-                                   "(encoder.json)")
-  if path.endswith(vjepa.TORCH_SUFFIXES + (".safetensors",)):
-    if not os.path.exists(path):
-      raise ckpt_lib.CheckpointError(f"{path}: no such file")
-    return vjepa.read_vjepa_encoder(path, frames=frames, size=size, key=key)
-  raise ckpt_lib.CheckpointError(f"{path}: not a directory and not a known checkpoint file; supported: a workdir, "
-                                 f"an encoder export, or {vjepa.FORMATS}")
+  kind = _source_kind(path)
+  if kind == "export":
+    m = _encoder_config(_export_config(path), frames, size)
+    return ckpt_lib.read_numpy(os.path.join(os.path.abspath(path), "weights")), m
+  if kind == "workdir":
+    _, weights, model = _workdir_encoder(path)
+    return weights, _encoder_config(model, frames, size)
+  return vjepa.read_vjepa_encoder(path, frames=frames, size=size, key=key)
+
+
+def read_encoder_config(path: str, *, frames: int | None = None, size: int | None = None,
+                        key: str | None = None) -> ml_collections.ConfigDict:
+  """The model config `read_encoder` would return, without reading the weights for a workdir or an export (a
+  config step should not load gigabytes twice). A V-JEPA file's shapes are in its tensors, so it is read whole."""
+  kind = _source_kind(path)
+  if kind == "export":
+    return _encoder_config(_export_config(path), frames, size)
+  if kind == "workdir":
+    return _encoder_config(_workdir_encoder_config(path), frames, size)
+  return vjepa.read_vjepa_encoder(path, frames=frames, size=size, key=key)[1]
 
 
 def load_encoder(path: str, *, frames: int | None = None, size: int | None = None, key: str | None = None):

@@ -62,7 +62,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config key 'model.encoder_source' must name a pretrained encoder: a JEPA workdir (python -m "
                      "worldmodel.train --config=experiments/jepa.py:...), an encoder export, or a V-JEPA .pt / "
                      ".safetensors file; it is the frozen encoder of this model")
-  _, enc = encoders.read_encoder(m.encoder_source, key=m.get("encoder_key") or None)
+  enc = encoders.read_encoder_config(m.encoder_source, key=m.get("encoder_key") or None)
   enc.frames, enc.remat = enc.tubelet[0], "none"  # every frame is encoded on its own (one tubelet)
   m.encoder_model = enc
   m.size = enc.size

@@ -79,7 +79,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> None:
                      "encoder export (python -m worldmodel.encoders), or a V-JEPA .pt / .safetensors file")
   if m.task not in TASKS:
     raise ValueError(f"config key 'model.task' must be one of {TASKS}, got {m.task!r}")
-  _, enc = encoders.read_encoder(src, frames=m.frames, key=config.init.get("key") or None)
+  enc = encoders.read_encoder_config(src, frames=m.frames, key=config.init.get("key") or None)
   enc.scan_layers, enc.remat, enc.dtype = m.scan_layers, m.remat, m.dtype
   m.encoder_model = enc
   m.size = enc.size
