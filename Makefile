@@ -30,7 +30,7 @@ quickstart: install
 	@echo "Results: $(QS_WORK)/eval/<step>/metrics.json, truth_vs_recon.gif, psnr_per_frame.png; TensorBoard: $(QS_WORK)/tb"
 
 test: install-dmc
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --durations=10
 
 # dm_control source: headless GL libraries (EGL, OSMesa fallback) from apt when missing, then the extra.
 DMC_APT := libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libosmesa6

@@ -1,6 +1,7 @@
 """JEPA: masks, positions, EMA target, collapse monitors, and train → evaluate (probes) through the CLIs."""
 import json
 import os
+import shutil
 import pathlib
 
 import jax
@@ -156,18 +157,18 @@ def test_jepa_train_evaluate_probes_and_bad_mask_config(tmp_path, dataset, jepa_
   assert not (tmp_path / "bad" / "checkpoints").exists()
 
 
-def test_non_finite_loss_stops_with_a_diagnostic_and_keeps_the_last_checkpoint(tmp_path, dataset):
+def test_non_finite_loss_stops_with_a_diagnostic_and_keeps_the_last_checkpoint(tmp_path, dataset, jepa_tiny):
   w = tmp_path / "nan"
-  args = (f"--config={TINY}", f"--workdir={w}", f"--config.data.dir={dataset}", "--config.checkpoint.every_steps=10")
-  r = run_cli("worldmodel.train", *args, "--config.total_steps=10")
-  assert r.returncode == 0, r.stderr[-3000:]
-  r = run_cli("worldmodel.train", *args, "--config.total_steps=20", "--config.optim.lr=1e30",
-              "--config.optim.grad_clip=1e30")
+  shutil.copytree(jepa_tiny, w)  # a finished 20-step run (checkpoints 10 and 20), continued with a diverging lr
+  r = run_cli("worldmodel.train", f"--config={TINY}", f"--workdir={w}", f"--config.data.dir={dataset}",
+              "--config.checkpoint.every_steps=10", "--config.total_steps=30", "--config.optim.lr=1e30",
+              "--config.optim.grad_clip=1e30", "--config.log_every_steps=1")
   assert r.returncode != 0
-  assert "non-finite" in r.stderr and "at step 1" in r.stderr and "loss" in r.stderr, r.stderr[-2000:]
-  assert sorted(os.listdir(w / "checkpoints")) == ["10"]
+  assert "non-finite" in r.stderr and "at step 21;" in r.stderr, r.stderr[-2000:]
+  assert sorted(os.listdir(w / "checkpoints")) == ["10", "20"]
   r = run_cli("worldmodel.evaluate", f"--workdir={w}", "--max_clips=8", "--noprobes")  # the kept one restores
   assert r.returncode == 0, r.stderr[-2000:]
+  assert os.path.exists(w / "eval" / "20" / "metrics.json")
 
 
 def test_init_source_warm_starts_from_a_workdir_and_refuses_other_shapes(tmp_path, dataset, jepa_tiny):
