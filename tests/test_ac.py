@@ -108,10 +108,10 @@ def test_plan_cli_in_mujoco_end_to_end(tmp_path):
   for key in ("success_rate", "final_distance", "random_success_rate", "random_final_distance", "plan_seconds_median"):
     assert np.isfinite(m[key]), key
   assert os.path.getsize(m["media"]["episode_mp4"]) > 1000 and os.path.getsize(m["media"]["distance_png"]) > 1000
-  # The diagnostic modes (in-process: no second start-up): true physics with the learned cost, the planner's ceiling.
-  from worldmodel import plan
+  # The diagnostic modes: true physics with the learned cost (on the host), and the planner's ceiling.
   for dynamics in ("simulator", "oracle"):
-    m = plan.run(str(ac), env_name="dmc:reacher-easy", episodes=1, steps=2, horizon=3, planner="cem", samples=8,
-                 iterations=2, elites=2, dynamics=dynamics)
+    r = run_cli("worldmodel.plan", f"--workdir={ac}", "--env=dmc:reacher-easy", "--episodes=1", "--steps=2",
+                "--horizon=3", "--samples=8", "--iterations=2", "--elites=2", f"--dynamics={dynamics}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.load(open(ac / "plan" / f"4-{dynamics}" / "metrics.json"))
     assert m["dynamics"] == dynamics and np.isfinite(m["final_distance"])
-    assert os.path.exists(ac / "plan" / f"4-{dynamics}" / "metrics.json")
