@@ -1,12 +1,14 @@
 """End to end: train → checkpoint → resume → evaluate, through the public CLIs and the trainer API."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import jax
 import pytest
 
-from conftest import make_dataset, run_cli
+from conftest import REPO, make_dataset, run_cli
 from worldmodel.checkpoint import read_numpy
 
 TINY = "experiments/tokenizer.py:tiny"
@@ -115,3 +117,12 @@ def test_workdir_of_another_model_is_refused_and_kept(tmp_path, dataset):
   r = _train(w, dataset, "--config.total_steps=4", "--config.model.width=64")
   assert r.returncode != 0 and "different model" in r.stderr and "model.width" in r.stderr, r.stderr[-2000:]
   assert (sorted(os.listdir(w / "checkpoints")), (w / "config.json").read_text()) == before
+
+
+def test_cli_modules_import_side_by_side():
+  # A script may evaluate, plan and generate in one process: the CLIs' flags (--workdir, --episodes, ...) are
+  # defined only when a module runs as the program, so importing several must not clash.
+  code = ("import worldmodel, worldmodel.encoders, worldmodel.evaluate, worldmodel.plan, worldmodel.train, "
+          "worldmodel.bench, worldmodel.aot, worldmodel.data.generate; print('ok')")
+  r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -21,13 +21,14 @@ from ml_collections import config_flags
 
 from worldmodel import config as config_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].", lock_config=True)
-_DEVICES = flags.DEFINE_integer("devices", 8, "Number of devices to compile for (fake CPU devices here).")
-_MESH = flags.DEFINE_string("mesh", "", "Mesh as data:A,fsdp:B,tensor:C (-1 fills); default: the config's mesh.")
-_HBM = flags.DEFINE_float("hbm_gib", 0.0, "Fail (exit 1) if the per-device total exceeds this many GiB (0: no check).")
-_ACCEL = flags.DEFINE_list("accelerators", ["h100", "tpu_v5p"], "Accelerators to estimate step time for.")
-_MFU = flags.DEFINE_float("assumed_mfu", 0.4, "MFU assumed for the step-time estimate.")
-flags.mark_flags_as_required(["config"])
+if __name__ == "__main__":  # flags only for the CLI: importing several CLI modules must not redefine them
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].", lock_config=True)
+  _DEVICES = flags.DEFINE_integer("devices", 8, "Number of devices to compile for (fake CPU devices here).")
+  _MESH = flags.DEFINE_string("mesh", "", "Mesh as data:A,fsdp:B,tensor:C (-1 fills); default: the config's mesh.")
+  _HBM = flags.DEFINE_float("hbm_gib", 0.0, "Fail (exit 1) if the per-device total exceeds this many GiB (0: no check).")
+  _ACCEL = flags.DEFINE_list("accelerators", ["h100", "tpu_v5p"], "Accelerators to estimate step time for.")
+  _MFU = flags.DEFINE_float("assumed_mfu", 0.4, "MFU assumed for the step-time estimate.")
+  flags.mark_flags_as_required(["config"])
 
 # Dense bf16 peak FLOP/s and memory per chip, from the vendors' data sheets.
 ACCELERATORS = {"h100": (989e12, 80), "h200": (989e12, 141), "tpu_v5p": (459e12, 95), "tpu_v5e": (197e12, 16),

@@ -29,20 +29,21 @@ from worldmodel.parallel import distributed
 
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].", lock_config=True)
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step that compiles).")
-_MATMUL = flags.DEFINE_integer("matmul_size", 2048, "Side of the square f32 matmul used to measure peak FLOP/s.")
-_LOADER = flags.DEFINE_list("loader_workers", [], "Benchmark only the input pipeline, once per grain worker count "
-                            "given (e.g. 0,1,2), instead of the train step.")
-_LOADER_BATCHES = flags.DEFINE_integer("loader_batches", 50, "Batches timed per loader setting (after 2 warm-up).")
-_ROLLOUT = flags.DEFINE_boolean("rollout", False, "Benchmark the action-conditioned predictor's rollout instead "
-                                "(experiments/ac.py configs): ms per predicted frame at batch 1, cached vs full "
-                                "recompute, and one CEM iteration over --candidates rollouts of --horizon frames.")
-_TOKENS = flags.DEFINE_integer("rollout_tokens", 64, "--rollout: tokens per frame (an 8x8 grid).")
-_ENC_DIM = flags.DEFINE_integer("rollout_enc_dim", 384, "--rollout: encoder feature width.")
-_CANDIDATES = flags.DEFINE_integer("candidates", 64, "--rollout: action sequences per CEM iteration.")
-_HORIZON = flags.DEFINE_integer("horizon", 4, "--rollout: predicted frames per CEM candidate.")
-flags.mark_flags_as_required(["config"])
+if __name__ == "__main__":  # flags only for the CLI: importing several CLI modules must not redefine them
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].", lock_config=True)
+  _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step that compiles).")
+  _MATMUL = flags.DEFINE_integer("matmul_size", 2048, "Side of the square f32 matmul used to measure peak FLOP/s.")
+  _LOADER = flags.DEFINE_list("loader_workers", [], "Benchmark only the input pipeline, once per grain worker count "
+                              "given (e.g. 0,1,2), instead of the train step.")
+  _LOADER_BATCHES = flags.DEFINE_integer("loader_batches", 50, "Batches timed per loader setting (after 2 warm-up).")
+  _ROLLOUT = flags.DEFINE_boolean("rollout", False, "Benchmark the action-conditioned predictor's rollout instead "
+                                  "(experiments/ac.py configs): ms per predicted frame at batch 1, cached vs full "
+                                  "recompute, and one CEM iteration over --candidates rollouts of --horizon frames.")
+  _TOKENS = flags.DEFINE_integer("rollout_tokens", 64, "--rollout: tokens per frame (an 8x8 grid).")
+  _ENC_DIM = flags.DEFINE_integer("rollout_enc_dim", 384, "--rollout: encoder feature width.")
+  _CANDIDATES = flags.DEFINE_integer("candidates", 64, "--rollout: action sequences per CEM iteration.")
+  _HORIZON = flags.DEFINE_integer("horizon", 4, "--rollout: predicted frames per CEM candidate.")
+  flags.mark_flags_as_required(["config"])
 
 
 def measure_matmul_peak(n: int = 2048, repeats: int = 10) -> float:

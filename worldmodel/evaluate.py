@@ -21,20 +21,21 @@ import numpy as np
 from worldmodel import config as config_lib
 from worldmodel.parallel import distributed
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A worldmodel workdir (holds config.json and checkpoints/).")
-_SPLIT = flags.DEFINE_string("split", "test", "Dataset split to evaluate: train, val or test.")
-_DATA = flags.DEFINE_string("data", None, "Dataset directory; default: the one the run trained on.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest readable one.")
-_OUT = flags.DEFINE_string("out", None, "Output directory; default: WORKDIR/eval/<step>.")
-_BATCH = flags.DEFINE_integer("batch_size", None, "Eval batch size; default: config.eval.batch_size.")
-_MAX_CLIPS = flags.DEFINE_integer("max_clips", None, "Evaluate at most this many clips (default: the whole split).")
-_ALL_STEPS = flags.DEFINE_boolean("all_steps", False, "Evaluate every checkpoint in the workdir (oldest first) and "
-                                  "plot each metric against the step in WORKDIR/eval/all_steps/.")
-_PERCEPTUAL = flags.DEFINE_string(
-    "perceptual", "", "Tokenizer runs: also compute 'lpips' and / or 'fvd' (comma-separated; needs the [metrics] "
-    "extra: pip install -e '.[metrics]'). FVD is reported with its extractor, resolution, frames and clip count.")
-_PROBES = flags.DEFINE_boolean("probes", True, "JEPA runs: fit the state probes (trained vs random-init vs pixels).")
-flags.mark_flag_as_required("workdir")
+if __name__ == "__main__":  # flags only for the CLI: importing several CLI modules must not redefine them
+  _WORKDIR = flags.DEFINE_string("workdir", None, "A worldmodel workdir (holds config.json and checkpoints/).")
+  _SPLIT = flags.DEFINE_string("split", "test", "Dataset split to evaluate: train, val or test.")
+  _DATA = flags.DEFINE_string("data", None, "Dataset directory; default: the one the run trained on.")
+  _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest readable one.")
+  _OUT = flags.DEFINE_string("out", None, "Output directory; default: WORKDIR/eval/<step>.")
+  _BATCH = flags.DEFINE_integer("batch_size", None, "Eval batch size; default: config.eval.batch_size.")
+  _MAX_CLIPS = flags.DEFINE_integer("max_clips", None, "Evaluate at most this many clips (default: the whole split).")
+  _ALL_STEPS = flags.DEFINE_boolean("all_steps", False, "Evaluate every checkpoint in the workdir (oldest first) and "
+                                    "plot each metric against the step in WORKDIR/eval/all_steps/.")
+  _PERCEPTUAL = flags.DEFINE_string(
+      "perceptual", "", "Tokenizer runs: also compute 'lpips' and / or 'fvd' (comma-separated; needs the [metrics] "
+      "extra: pip install -e '.[metrics]'). FVD is reported with its extractor, resolution, frames and clip count.")
+  _PROBES = flags.DEFINE_boolean("probes", True, "JEPA runs: fit the state probes (trained vs random-init vs pixels).")
+  flags.mark_flag_as_required("workdir")
 
 
 def evaluate(workdir: str, *, split: str = "test", data_dir: str | None = None, step: int | None = None,

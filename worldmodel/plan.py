@@ -25,23 +25,24 @@ import numpy as np
 
 from worldmodel import config as config_lib
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of an action-conditioned run (experiments/ac.py).")
-_ENV = flags.DEFINE_string("env", "dmc:reacher-easy", "Environment: dmc:DOMAIN-TASK with a goal definition.")
-_EPISODES = flags.DEFINE_integer("episodes", 10, "Episodes to plan (and to run with random actions).")
-_STEPS = flags.DEFINE_integer("steps", 60, "Environment steps per episode.")
-_HORIZON = flags.DEFINE_integer("horizon", 4, "Planning horizon (predicted frames).")
-_PLANNER = flags.DEFINE_enum("planner", "cem", ["cem", "mppi"], "Sampling planner.")
-_SAMPLES = flags.DEFINE_integer("samples", 64, "Candidate action sequences per planner iteration.")
-_ITERS = flags.DEFINE_integer("iterations", 4, "Planner iterations per step.")
-_ELITES = flags.DEFINE_integer("elites", 8, "CEM elites.")
-_DYNAMICS = flags.DEFINE_enum("dynamics", "model", ["model", "simulator", "oracle"],
-                              "What predicts each candidate's outcome: the AC model (latent rollout, L1 to the goal's "
-                              "features); the true simulator with the same encoder and cost (isolates the predictor's "
-                              "error); or the simulator with the true distance (the planner's ceiling).")
-_SEED = flags.DEFINE_integer("seed", 0, "First episode seed (offset by 1,000,000).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest.")
-_OUT = flags.DEFINE_string("out", None, "Output directory; default: WORKDIR/plan/<step>.")
-flags.mark_flag_as_required("workdir")
+if __name__ == "__main__":  # flags only for the CLI: importing several CLI modules must not redefine them
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of an action-conditioned run (experiments/ac.py).")
+  _ENV = flags.DEFINE_string("env", "dmc:reacher-easy", "Environment: dmc:DOMAIN-TASK with a goal definition.")
+  _EPISODES = flags.DEFINE_integer("episodes", 10, "Episodes to plan (and to run with random actions).")
+  _STEPS = flags.DEFINE_integer("steps", 60, "Environment steps per episode.")
+  _HORIZON = flags.DEFINE_integer("horizon", 4, "Planning horizon (predicted frames).")
+  _PLANNER = flags.DEFINE_enum("planner", "cem", ["cem", "mppi"], "Sampling planner.")
+  _SAMPLES = flags.DEFINE_integer("samples", 64, "Candidate action sequences per planner iteration.")
+  _ITERS = flags.DEFINE_integer("iterations", 4, "Planner iterations per step.")
+  _ELITES = flags.DEFINE_integer("elites", 8, "CEM elites.")
+  _DYNAMICS = flags.DEFINE_enum("dynamics", "model", ["model", "simulator", "oracle"],
+                                "What predicts each candidate's outcome: the AC model (latent rollout, L1 to the goal's "
+                                "features); the true simulator with the same encoder and cost (isolates the predictor's "
+                                "error); or the simulator with the true distance (the planner's ceiling).")
+  _SEED = flags.DEFINE_integer("seed", 0, "First episode seed (offset by 1,000,000).")
+  _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest.")
+  _OUT = flags.DEFINE_string("out", None, "Output directory; default: WORKDIR/plan/<step>.")
+  flags.mark_flag_as_required("workdir")
 
 SEED_OFFSET = 1_000_000
 

@@ -18,10 +18,11 @@ from ml_collections import config_flags
 from worldmodel import config as config_lib
 from worldmodel.parallel import distributed
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant], e.g. "
-                                          "experiments/tokenizer.py:tiny.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, tb/, config.json.")
-flags.mark_flags_as_required(["config", "workdir"])
+if __name__ == "__main__":  # flags only for the CLI: importing several CLI modules must not redefine them
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant], e.g. "
+                                            "experiments/tokenizer.py:tiny.", lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, tb/, config.json.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):

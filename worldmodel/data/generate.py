@@ -28,43 +28,44 @@ from absl import app, flags, logging
 from worldmodel.data import records
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("source", "bouncing",
-                    "Where episodes come from. One of the registered sources, optionally with an "
-                    "argument after ':' (e.g. 'bouncing'). An unknown name lists the known ones.")
-flags.DEFINE_string("out", None, "Output dataset directory (created; must be empty or absent "
-                    "unless --overwrite).")
-flags.DEFINE_integer("episodes", 100, "Total number of episodes, over all splits (video: ignored; "
-                     "the files decide).", lower_bound=1)
-flags.DEFINE_integer("frames", 32, "Frames per episode (T).", lower_bound=2)
-flags.DEFINE_integer("size", 64, "Frame height and width in pixels.", lower_bound=8)
-flags.DEFINE_integer("seed", 0, "Base seed; episode i uses SeedSequence([seed, i]).")
-flags.DEFINE_integer("num_balls", 3, "bouncing: number of passive balls besides the agent.",
-                     lower_bound=0)
-flags.DEFINE_integer("camera", 0, "dmc: MuJoCo camera id to render (-1 = free camera).",
-                     lower_bound=-1)
-flags.DEFINE_integer("action_repeat", 1, "dmc: env steps per recorded frame (action held).",
-                     lower_bound=1)
-flags.DEFINE_integer("workers", min(2, os.cpu_count() or 1),
-                     "dmc: episode-generating processes (1 = serial, in this process).",
-                     lower_bound=1)
-flags.DEFINE_float("val_fraction", 0.1, "Fraction of episodes for the 'val' split "
-                   "(at least 1 episode when --episodes >= 3).")
-flags.DEFINE_float("test_fraction", 0.1, "Fraction of episodes for the 'test' split "
-                   "(at least 1 episode when --episodes >= 3).")
-flags.DEFINE_bool("overwrite", False, "Replace OUT if it already holds files.")
-flags.DEFINE_float("fps", 8.0, "video: resample every file to this frame rate by timestamp "
-                   "(nearest frame per target time; <= 0 keeps every decoded frame). At 8 fps "
-                   "a 32-frame clip spans 4 s.")
-flags.DEFINE_integer("max_frames", 512, "video: files longer than this (after resampling) are "
-                     "cut into consecutive episodes of this many frames; 0 = one episode per "
-                     "file. Files shorter than --frames are skipped.", lower_bound=0)
-flags.DEFINE_bool("strict", False, "video: exit with an error on the first unusable file "
-                  "instead of skipping it with a warning.")
-flags.DEFINE_enum("labels", "none", ["none", "dirname"],
-                  "video: 'dirname' gives every episode a class `label` (int64): the index of its file's "
-                  "parent folder name among all of them, sorted (the UCF-101 / Kinetics layout "
-                  "CLASS/clip.mp4); the class names go to worldmodel.json 'classes'. For clip "
-                  "classification (experiments/finetune.py:...,classify).")
+if __name__ == "__main__":  # flags only for the CLI: importing several CLI modules must not redefine them
+  flags.DEFINE_string("source", "bouncing",
+                      "Where episodes come from. One of the registered sources, optionally with an "
+                      "argument after ':' (e.g. 'bouncing'). An unknown name lists the known ones.")
+  flags.DEFINE_string("out", None, "Output dataset directory (created; must be empty or absent "
+                      "unless --overwrite).")
+  flags.DEFINE_integer("episodes", 100, "Total number of episodes, over all splits (video: ignored; "
+                       "the files decide).", lower_bound=1)
+  flags.DEFINE_integer("frames", 32, "Frames per episode (T).", lower_bound=2)
+  flags.DEFINE_integer("size", 64, "Frame height and width in pixels.", lower_bound=8)
+  flags.DEFINE_integer("seed", 0, "Base seed; episode i uses SeedSequence([seed, i]).")
+  flags.DEFINE_integer("num_balls", 3, "bouncing: number of passive balls besides the agent.",
+                       lower_bound=0)
+  flags.DEFINE_integer("camera", 0, "dmc: MuJoCo camera id to render (-1 = free camera).",
+                       lower_bound=-1)
+  flags.DEFINE_integer("action_repeat", 1, "dmc: env steps per recorded frame (action held).",
+                       lower_bound=1)
+  flags.DEFINE_integer("workers", min(2, os.cpu_count() or 1),
+                       "dmc: episode-generating processes (1 = serial, in this process).",
+                       lower_bound=1)
+  flags.DEFINE_float("val_fraction", 0.1, "Fraction of episodes for the 'val' split "
+                     "(at least 1 episode when --episodes >= 3).")
+  flags.DEFINE_float("test_fraction", 0.1, "Fraction of episodes for the 'test' split "
+                     "(at least 1 episode when --episodes >= 3).")
+  flags.DEFINE_bool("overwrite", False, "Replace OUT if it already holds files.")
+  flags.DEFINE_float("fps", 8.0, "video: resample every file to this frame rate by timestamp "
+                     "(nearest frame per target time; <= 0 keeps every decoded frame). At 8 fps "
+                     "a 32-frame clip spans 4 s.")
+  flags.DEFINE_integer("max_frames", 512, "video: files longer than this (after resampling) are "
+                       "cut into consecutive episodes of this many frames; 0 = one episode per "
+                       "file. Files shorter than --frames are skipped.", lower_bound=0)
+  flags.DEFINE_bool("strict", False, "video: exit with an error on the first unusable file "
+                    "instead of skipping it with a warning.")
+  flags.DEFINE_enum("labels", "none", ["none", "dirname"],
+                    "video: 'dirname' gives every episode a class `label` (int64): the index of its file's "
+                    "parent folder name among all of them, sorted (the UCF-101 / Kinetics layout "
+                    "CLASS/clip.mp4); the class names go to worldmodel.json 'classes'. For clip "
+                    "classification (experiments/finetune.py:...,classify).")
 
 
 @dataclasses.dataclass(frozen=True)
