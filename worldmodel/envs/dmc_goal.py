@@ -159,16 +159,24 @@ class GoalEnv:
     mujoco.mj_setState(m, d, state, spec)
     self.physics.forward()  # derived quantities (xpos, render); leaves the integration state as is
 
-  def goal_frame(self) -> np.ndarray:
-    """Render of the goal pose (zero velocity); the episode's physics state is left untouched."""
+  def _render_poses(self, qpos_NQ: np.ndarray) -> np.ndarray:
+    """[N, H, W, C] renders of the given poses (zero velocity: the picture shows the pose only); the episode's
+    physics state is left untouched. Rendering must run on the thread that owns the GL context."""
     saved = self._save()
     try:
-      with self.physics.reset_context():
-        self.physics.data.qpos[:] = self._goal_qpos
-        self.physics.data.qvel[:] = 0
-      return self.frame()
+      frames = []
+      for qpos_Q in qpos_NQ:
+        with self.physics.reset_context():
+          self.physics.data.qpos[:] = qpos_Q
+          self.physics.data.qvel[:] = 0
+        frames.append(self.frame())
+      return np.stack(frames)
     finally:
       self._restore(saved)
+
+  def goal_frame(self) -> np.ndarray:
+    """Render of the goal pose; the episode's physics state is left untouched."""
+    return self._render_poses(self._goal_qpos[None])[0]
 
   def _simulate(self, actions_NHA) -> np.ndarray:
     """qpos [N, H, Q] after each step of each action sequence, simulated from the current state with the true
@@ -188,19 +196,9 @@ class GoalEnv:
     return self.task.rollout_distance(self._simulate(actions_NHA)).mean(-1).astype(np.float32)
 
   def rollout_last_frames(self, actions_NHA) -> np.ndarray:
-    """[N, H, W, C] renders of where each action sequence ends under the true physics (velocities are not drawn,
-    so the pose is the picture). Rendering must run on the thread that owns the GL context: call it from the host,
-    not from a jax callback."""
-    saved = self._save()
-    try:
-      frames = []
-      for qpos_Q in self._simulate(actions_NHA)[:, -1]:
-        self.physics.data.qpos[:] = qpos_Q
-        self.physics.forward()
-        frames.append(self.frame())
-      return np.stack(frames)
-    finally:
-      self._restore(saved)
+    """[N, H, W, C] renders of where each action sequence ends under the true physics; call it from the host,
+    not from a jax callback (rendering needs the GL context's thread)."""
+    return self._render_poses(self._simulate(actions_NHA)[:, -1])
 
   def oracle_cost_fn(self):
     """`rollout_cost` as a jittable cost_fn(actions_NHA) -> cost_N (host callback), for an
