@@ -18,11 +18,22 @@ def dataset(tmp_path_factory) -> str:
   return make_dataset(str(tmp_path_factory.mktemp("data") / "bouncing"))
 
 
+def cli_env(extra: dict | None = None) -> dict:
+  """The environment CLI subprocesses run in: without XLA_FLAGS, whose device count would override theirs."""
+  env = {**os.environ, **(extra or {})}
+  env.pop("XLA_FLAGS", None)
+  return env
+
+
 def run_cli(module: str, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-  full_env = {**os.environ, **(env or {})}
-  full_env.pop("XLA_FLAGS", None)
   return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                        timeout=timeout, env=full_env)
+                        timeout=timeout, env=cli_env(env))
+
+
+def local_launch_cmd(num_processes: int, devices_per_process: int, module: str, *args: str) -> list[str]:
+  """`launch/local.py` running `python -m module args` as N processes x M fake CPU devices (run it with cli_env())."""
+  return [sys.executable, os.path.join(REPO, "launch", "local.py"), f"--num_processes={num_processes}",
+          f"--devices_per_process={devices_per_process}", "--", sys.executable, "-m", module, *args]
 
 
 def experiment_config(name: str, variant: str):

@@ -1,8 +1,8 @@
 """JEPA: masks, positions, EMA target, collapse monitors, and train → evaluate (probes) through the CLIs."""
 import json
 import os
-import shutil
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp

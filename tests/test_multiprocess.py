@@ -8,19 +8,16 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, cli_env, local_launch_cmd
 from worldmodel.checkpoint import read_numpy
 
 
 def _launch(num_processes, devices, workdir, data, steps=4):
   # checkpoint.every_steps=2: the 4-step runs leave a checkpoint at step 4 for the topology-change continuation
-  cmd = [sys.executable, os.path.join(REPO, "launch", "local.py"), f"--num_processes={num_processes}",
-         f"--devices_per_process={devices}", "--", sys.executable, "-m", "worldmodel.train",
-         "--config=experiments/tokenizer.py:tiny", f"--workdir={workdir}", f"--config.data.dir={data}",
-         f"--config.total_steps={steps}", "--config.log_every_steps=1", "--config.mesh.fsdp=2",
-         "--config.checkpoint.every_steps=2"]
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+  cmd = local_launch_cmd(num_processes, devices, "worldmodel.train", "--config=experiments/tokenizer.py:tiny",
+                         f"--workdir={workdir}", f"--config.data.dir={data}", f"--config.total_steps={steps}",
+                         "--config.log_every_steps=1", "--config.mesh.fsdp=2", "--config.checkpoint.every_steps=2")
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=cli_env())
 
 
 def _losses(workdir):
@@ -73,13 +70,12 @@ def test_a_failing_process_stops_the_job_with_its_exit_code(tmp_path):
 
 
 def _solo(tmp_path, data, process_id, port, *extra):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   cmd = [sys.executable, "-m", "worldmodel.train", "--config=experiments/tokenizer.py:tiny",
          f"--workdir={tmp_path / 'w'}", f"--config.data.dir={data}", "--config.total_steps=100000",
          "--config.log_every_steps=1", "--config.checkpoint.every_steps=100000", f"--coordinator_address=localhost:{port}",
          "--num_processes=2", f"--process_id={process_id}", "--cpu_devices=1", "--init_timeout_s=8",
          "--heartbeat_timeout_s=5", *extra]
-  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _free_port():

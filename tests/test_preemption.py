@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, cli_env, local_launch_cmd, run_cli
 from worldmodel.checkpoint import read_numpy
 
 
@@ -52,12 +52,10 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits_zero(tmp_path, dataset):
 def test_sigterm_to_one_of_two_processes_saves_one_common_step(tmp_path, dataset):
   # A preemption notice often reaches one host only; a save is collective, so both must pick the same step.
   w = tmp_path / "w"
-  cmd = [sys.executable, os.path.join(REPO, "launch", "local.py"), "--num_processes=2", "--devices_per_process=2",
-         "--", sys.executable, "-m", "worldmodel.train", "--config=experiments/tokenizer.py:tiny", f"--workdir={w}",
-         f"--config.data.dir={dataset}", "--config.total_steps=100000", "--config.checkpoint.every_steps=100000",
-         "--config.log_every_steps=5"]
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+  cmd = local_launch_cmd(2, 2, "worldmodel.train", "--config=experiments/tokenizer.py:tiny", f"--workdir={w}",
+                         f"--config.data.dir={dataset}", "--config.total_steps=100000",
+                         "--config.checkpoint.every_steps=100000", "--config.log_every_steps=5")
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env())
   deadline = time.time() + 180
   for line in proc.stdout:
     if "step 5/" in line or time.time() > deadline:
