@@ -9,11 +9,12 @@ QS_DIR ?= runs/quickstart
 QS_DATA ?= $(QS_DIR)/data
 QS_WORK ?= $(QS_DIR)/tokenizer
 
-.PHONY: install install-dmc quickstart test bench clean
+.PHONY: install install-tcmalloc install-dmc quickstart test bench clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	$(MAKE) --no-print-directory install-tcmalloc
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
@@ -31,6 +32,14 @@ quickstart: install
 
 test: install-dmc
 	$(PY) -m pytest -q tests --durations=10
+
+# tcmalloc: the CLIs restart under it when present (worldmodel/allocator.py); without it XLA:CPU page-faults its step
+# buffers in again every step (JEPA bench 5.5 s vs 4.7 s). Optional: where apt cannot install it, set-up goes on.
+TCMALLOC_APT := libtcmalloc-minimal4
+install-tcmalloc:
+	if ldconfig -p | grep -q libtcmalloc; then echo "tcmalloc present"; \
+	else ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y \
+	  --no-install-recommends $(TCMALLOC_APT)) || echo "WARNING: could not install $(TCMALLOC_APT); running without tcmalloc"; fi
 
 # dm_control source: headless GL libraries (EGL, OSMesa fallback) from apt when missing, then the extra.
 DMC_APT := libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libosmesa6

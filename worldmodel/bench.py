@@ -11,6 +11,10 @@ loader is part of the measurement. Prints progress, then one JSON line last:
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before the heavy imports: restart under tcmalloc (worldmodel/allocator.py)
+  from worldmodel import allocator
+  allocator.use_tcmalloc()
+
 import contextlib
 import functools
 import json
@@ -24,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from worldmodel import allocator
 from worldmodel import config as config_lib
 from worldmodel.parallel import distributed
 
@@ -102,7 +107,7 @@ def bench(config, steps: int, matmul_size: int = 2048) -> dict:
       "step_time_min_s": float(np.min(step_times)), "clips_per_s": config.batch_size / step_time,
       "flops_per_step": flops, "achieved_flops_per_s": flops / step_time, "peak_flops_per_s": peak,
       "mfu": flops / step_time / peak, "data_wait_frac": float(np.sum(waits) / np.sum(step_times)),
-      "compile_s": compile_s, "steps": steps, "backend": jax.default_backend(),
+      "compile_s": compile_s, "steps": steps, "backend": jax.default_backend(), "allocator": allocator.active(),
   }
   return result
 
@@ -170,7 +175,7 @@ def bench_rollout(config, *, tokens: int, enc_dim: int, frames: int = 7, candida
     cache = p.init_cache(acts_NHA.shape[0], horizon)
     zs = jnp.broadcast_to(z, (acts_NHA.shape[0],) + z.shape[1:])
     for t in range(horizon):
-      zs, cache = p.step(cache, jnp.int32(t), zs, acts_NHA[:, t])
+      zs, cache = p.step(cache, t, zs, acts_NHA[:, t])
     return jnp.mean(zs, axis=(1, 2))
   acts = jnp.asarray(rng.normal(size=(candidates, horizon, m.action_dim)), jnp.float32)
 
@@ -189,7 +194,7 @@ def bench_rollout(config, *, tokens: int, enc_dim: int, frames: int = 7, candida
   return {"predictor": f"{p.width}x{p.depth} heads {p.heads}", "tokens_per_frame": side * side,
           "action_dim": m.action_dim, "frames": frames, "ms_per_frame_cached": 1e3 * cached,
           "ms_per_frame_recompute": 1e3 * full, "cem_iteration_s": cem, "cem_candidates": candidates,
-          "cem_horizon": horizon}
+          "cem_horizon": horizon, "allocator": allocator.active()}
 
 
 @contextlib.contextmanager

@@ -9,6 +9,10 @@ under DIR/tb/eval_<split>/. --data points at another dataset directory (same fra
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before the heavy imports: restart under tcmalloc (worldmodel/allocator.py)
+  from worldmodel import allocator
+  allocator.use_tcmalloc()
+
 import json
 import os
 import sys

@@ -15,6 +15,10 @@ physics and the true fingertip distance: the planner's own ceiling at this horiz
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before the heavy imports: restart under tcmalloc (worldmodel/allocator.py)
+  from worldmodel import allocator
+  allocator.use_tcmalloc()
+
 import functools
 import json
 import os

@@ -12,6 +12,10 @@ or let jax.distributed detect SLURM / TPU / GKE.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before the heavy imports: restart under tcmalloc (worldmodel/allocator.py)
+  from worldmodel import allocator
+  allocator.use_tcmalloc()
+
 from absl import app, flags
 from ml_collections import config_flags
 
