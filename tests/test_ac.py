@@ -34,9 +34,13 @@ def test_cached_step_by_step_equals_full_recompute():
   full = pred(z, a)
   cache = pred.init_cache(2, 5)
   step = jax.jit(lambda c, t, zt, at: pred.step(c, t, zt, at))
+  static_cache = pred.init_cache(2, 5)
   for t in range(5):
-    out, cache = step(cache, jnp.int32(t), z[:, t], a[:, t])
+    out, cache = step(cache, jnp.int32(t), z[:, t], a[:, t])  # traced t: the empty cache slots are masked
     np.testing.assert_allclose(out, full[:, t], atol=2e-5, err_msg=f"frame {t}")
+    out, static_cache = pred.step(static_cache, t, z[:, t], a[:, t])  # int t: only the filled prefix is read
+    np.testing.assert_allclose(out, full[:, t], atol=2e-5, err_msg=f"frame {t}, static t")
+  np.testing.assert_allclose(static_cache["k"], cache["k"], atol=1e-5)
   # Later frames never change earlier outputs (block-causal): perturb the last frame only.
   full2 = pred(z.at[:, -1].add(1.0), a)
   np.testing.assert_allclose(full2[:, :-1], full[:, :-1], atol=1e-6)

@@ -84,12 +84,18 @@ class ACPredictor(nnx.Module):
     shape = (len(self.blocks.blocks), batch, L, self.heads, self.width // self.heads)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
-  def step(self, cache: dict, t: jax.Array, z_BND: jax.Array, a_BA: jax.Array) -> tuple[jax.Array, dict]:
-    """Frame t's features and action → predicted features of frame t+1; appends frame t's keys / values."""
+  def step(self, cache: dict, t: int | jax.Array, z_BND: jax.Array, a_BA: jax.Array) -> tuple[jax.Array, dict]:
+    """Frame t's features and action → predicted features of frame t+1; appends frame t's keys / values.
+
+    With a Python int `t` (unrolled rollouts) attention reads only the filled prefix of the cache: fewer FLOPs than
+    masking the empty slots, which a traced `t` has to do."""
     P = self.per_frame
     x = self._tokens(z_BND[:, None], a_BA[:, None], t)[:, 0]  # [B, P, W]
     L = cache["k"].shape[2]
-    visible = (jnp.arange(L) < (t + 1) * P)[None, None, None, :]  # frames <= t (later slots are still empty)
+    if isinstance(t, int):
+      L, visible = (t + 1) * P, None
+    else:
+      visible = (jnp.arange(L) < (t + 1) * P)[None, None, None, :]  # frames <= t (later slots are still empty)
     ks, vs = [], []
     for i, block in enumerate(self.blocks.blocks):
       q, k, v = block.attn.qkv_heads(block.norm1(x))
@@ -97,7 +103,7 @@ class ACPredictor(nnx.Module):
       v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"][i], v.astype(cache["v"].dtype), t * P, axis=1)
       ks.append(k_all)
       vs.append(v_all)
-      o = dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=visible)
+      o = dot_product_attention(q, k_all[:, :L].astype(q.dtype), v_all[:, :L].astype(q.dtype), mask=visible)
       x = x + block.attn.out(o.reshape(x.shape))
       x = x + block.mlp(block.norm2(x))
     pred = self._readout(x[:, None])[:, 0]

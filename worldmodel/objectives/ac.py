@@ -45,11 +45,11 @@ class ACModel(nnx.Module):
     B, C = z_ctx_BCND.shape[:2]
     cache = self.predictor.init_cache(B, C + horizon)
     for t in range(C):
-      pred, cache = self.predictor.step(cache, jnp.int32(t), z_ctx_BCND[:, t], a_BKA[:, t])
+      pred, cache = self.predictor.step(cache, t, z_ctx_BCND[:, t], a_BKA[:, t])
     preds = [layer_norm(pred)]
     for h in range(1, horizon):
       t = C - 1 + h
-      pred, cache = self.predictor.step(cache, jnp.int32(t), preds[-1], a_BKA[:, t])
+      pred, cache = self.predictor.step(cache, t, preds[-1], a_BKA[:, t])
       preds.append(layer_norm(pred))
     return jnp.stack(preds, axis=1)
 
