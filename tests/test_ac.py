@@ -32,6 +32,27 @@ def test_residual_predictor_starts_as_copy_last_and_learns():
   assert float(jnp.abs(grads.proj.kernel[...]).sum()) > 0  # the zero readout still gets a gradient
 
 
+def test_loss_exponent_is_checked_and_squared_error_trains():
+  from conftest import experiment_config
+  from worldmodel.objectives import ac
+  c = experiment_config("ac", "tiny")
+  c.model.update(action_dim=2, size=32, loss_exp=3.0)
+  with pytest.raises(ValueError, match="model.loss_exp"):
+    ac.check_config(c)
+  c.model.loss_exp = 2.0
+  ac.check_config(c)
+  c.model.encoder_model = dict(frames=2, size=32, tubelet=(2, 16, 16), pos="sincos", dtype="float32", remat="none",
+                               scan_layers=False, encoder=dict(width=16, depth=1, heads=2, mlp_ratio=2.0))
+  model = ac.ACModel(c.model, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  batch = {"video": jnp.asarray(rng.integers(0, 255, size=(2, 4, 32, 32, 3)), jnp.uint8),
+           "action": jnp.asarray(rng.normal(size=(2, 4, 2)), jnp.float32)}
+  loss, logs = ac.loss_fn(model, batch, rng=None, train=True)
+  z = model.encode(batch["video"])  # untrained residual predictor = copy-last: half the squared frame change
+  want = jnp.mean((z[:, :-1] - z[:, 1:]) ** 2) / 2
+  np.testing.assert_allclose(logs["loss/teacher_forcing"], want, rtol=1e-5)
+
+
 def test_block_causal_mask():
   m = block_causal_mask(3, 2)
   assert m.shape == (6, 6)

@@ -2,7 +2,8 @@
 
 Each frame is encoded on its own (repeated to fill a tubelet) by a pretrained encoder (`model.encoder_source`: a
 JEPA workdir's target encoder, an encoder export, or a V-JEPA / V-JEPA 2 file), and layer-normed: z_t [N, D]. The predictor learns P(z_{t+1} | z_≤t, a_≤t):
-loss = L1 teacher forcing over the clip + L1 of a `model.rollout_steps`-step autoregressive rollout from frame 0.
+loss = L1 teacher forcing over the clip + L1 of a `model.rollout_steps`-step autoregressive rollout from frame 0
+(`model.loss_exp=2`: half the squared error instead, as in the JEPA objective).
 The encoder's weights are `Frozen` variables: no gradients, no optimizer state, saved with every checkpoint.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from worldmodel.models import vit
 from worldmodel.models.ac_predictor import ACPredictor
 from worldmodel.models.jepa import Frozen, retyped
 from worldmodel.objectives import tokenizer as tok_obj
-from worldmodel.objectives.jepa import layer_norm
+from worldmodel.objectives.jepa import layer_norm, regression_loss
 
 
 class ACModel(nnx.Module):
@@ -27,6 +28,7 @@ class ACModel(nnx.Module):
   def __init__(self, m: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     e = m.encoder_model
     self.tubelet, self.rollout_steps = tuple(e.tubelet), m.rollout_steps
+    self.loss_exp = float(m.get("loss_exp", 1.0))
     self.encoder = retyped(vit.VideoViT(e, e.encoder, rngs=rngs), Frozen)
     self.predictor = ACPredictor(m, e.encoder.width, self.encoder.grid[1:], rngs=rngs)
 
@@ -93,6 +95,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if m.predictor.width % m.predictor.heads:
     raise ValueError(f"config key 'model.predictor.width' ({m.predictor.width}) must be divisible by "
                      f"'model.predictor.heads' ({m.predictor.heads})")
+  if m.get("loss_exp", 1.0) not in (1, 2):
+    raise ValueError(f"config key 'model.loss_exp' ({m.loss_exp}) must be 1 (L1) or 2 (squared error)")
   if m.frames < 2 or m.frames > m.max_frames:
     raise ValueError(f"config key 'model.frames' ({m.frames}) must be in 2..model.max_frames ({m.max_frames})")
   if m.rollout_steps >= m.frames:
@@ -122,11 +126,12 @@ def loss_fn(model: ACModel, batch: dict, *, rng: jax.Array, train: bool):
   del rng, train
   z = model.encode(batch["video"])
   a = batch["action"].astype(jnp.float32)
-  teacher = _l1(model.predictor(z[:, :-1], a[:, :-1]), z[:, 1:])
+  exp = model.loss_exp  # 1: V-JEPA 2-AC's L1; evaluation always reports L1
+  teacher = regression_loss(model.predictor(z[:, :-1], a[:, :-1]).astype(jnp.float32), z[:, 1:], exp)
   seq, roll = z[:, :1], []
   for s in range(1, min(model.rollout_steps, z.shape[1] - 1) + 1):  # differentiable, recomputed each step
     out = model.predictor(seq, a[:, :s])[:, -1]
-    roll.append(_l1(out, z[:, s]))
+    roll.append(regression_loss(out.astype(jnp.float32), z[:, s], exp))
     seq = jnp.concatenate([seq, layer_norm(out)[:, None]], axis=1)
   rollout = sum(roll) / len(roll)
   return teacher + rollout, {"loss": teacher + rollout, "loss/teacher_forcing": teacher, "loss/rollout": rollout}
