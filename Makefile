@@ -34,7 +34,7 @@ test: install-dmc
 	$(PY) -m pytest -q tests --durations=10
 
 # tcmalloc: the CLIs restart under it when present (worldmodel/allocator.py); without it XLA:CPU page-faults its step
-# buffers in again every step (JEPA bench 5.5 s vs 4.7 s). Optional: where apt cannot install it, set-up goes on.
+# buffers in again every step (JEPA bench 5.3 s vs 4.6 s). Optional: where apt cannot install it, set-up goes on.
 TCMALLOC_APT := libtcmalloc-minimal4
 install-tcmalloc:
 	if ldconfig -p | grep -q libtcmalloc; then echo "tcmalloc present"; \
