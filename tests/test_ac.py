@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import run_cli
+from conftest import experiment_config, run_cli
 from worldmodel.models.ac_predictor import ACPredictor, block_causal_mask
 from worldmodel.objectives.jepa import layer_norm
 
@@ -33,7 +33,6 @@ def test_residual_predictor_starts_as_copy_last_and_learns():
 
 
 def test_loss_exponent_is_checked_and_squared_error_trains():
-  from conftest import experiment_config
   from worldmodel.objectives import ac
   c = experiment_config("ac", "tiny")
   c.model.update(action_dim=2, size=32, loss_exp=3.0)
