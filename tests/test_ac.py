@@ -32,7 +32,7 @@ def test_residual_predictor_starts_as_copy_last_and_learns():
   assert float(jnp.abs(grads.proj.kernel[...]).sum()) > 0  # the zero readout still gets a gradient
 
 
-def test_loss_exponent_is_checked_and_squared_error_trains():
+def test_loss_exponent_is_checked_and_2_gives_half_the_squared_error():
   from worldmodel.objectives import ac
   c = experiment_config("ac", "tiny")
   c.model.update(action_dim=2, size=32, loss_exp=3.0)
