@@ -8,7 +8,7 @@ the JEPA workdir (its target encoder, newest checkpoint), an encoder export, or 
 (.pt / .safetensors), so `model.size` follows it.
 Variants:
   tiny   4-frame clips, a 1-block predictor: seconds per run, used by the tests
-  dmc    8-frame dm_control clips, predictor 192 x 4 (CPU-sized)
+  dmc    8-frame dm_control clips, predictor 192 x 4 (CPU-sized); for planning, data at --action_repeat=5
   small  predictor 384 x 6 (the V-JEPA 2-AC reference's small shape), 8-frame clips
 """
 import ml_collections
