@@ -50,6 +50,12 @@ def test_loss_exponent_is_checked_and_2_gives_half_the_squared_error():
   z = model.encode(batch["video"])  # untrained residual predictor = copy-last: half the squared frame change
   want = jnp.mean((z[:, :-1] - z[:, 1:]) ** 2) / 2
   np.testing.assert_allclose(logs["loss/teacher_forcing"], want, rtol=1e-5)
+  # Evaluation reports L1 and MSE per horizon; the untrained predictor's rollout is copy-last under both.
+  out = ac.eval_step(model, batch)
+  want_mse_BH = np.mean((np.asarray(z[:, :1]) - np.asarray(z[:, 1:])) ** 2, axis=(2, 3))
+  np.testing.assert_allclose(out["copy_last_mse_BH"], want_mse_BH, rtol=1e-5)
+  np.testing.assert_allclose(out["rollout_mse_BH"], want_mse_BH, rtol=1e-3)
+  np.testing.assert_allclose(out["rollout_BH"], out["copy_last_BH"], rtol=1e-3)
 
 
 def test_block_causal_mask():
@@ -118,6 +124,7 @@ def test_jepa_then_ac_train_evaluate_and_clear_errors(tmp_path, dataset, jepa_ti
   assert r.returncode == 0, r.stderr[-3000:]
   m = json.load(open(ac / "eval" / "20" / "metrics.json"))
   assert len(m["rollout_l1"]) == len(m["copy_last_l1"]) == 3 and np.isfinite(m["rollout_vs_copy_last_h1"])
+  assert len(m["rollout_mse"]) == len(m["copy_last_mse"]) == 3 and np.isfinite(m["rollout_mse_vs_copy_last_h1"])
   # The residual predictor starts at exactly copy-last (zero readout): 20 steps may improve on it, not drift away.
   assert m["rollout_vs_copy_last_h1"] < 1.1, m["rollout_vs_copy_last_h1"]
   assert os.path.getsize(m["media"]["rollout_error_png"]) > 1000
