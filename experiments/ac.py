@@ -34,8 +34,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # target_encoder); encoder_model is filled in from it (and action_dim from the data) at start.
   c.model = dict(name="ac", encoder_source="", encoder_key="", encoder_model={}, frames=8, size=0, max_frames=16, action_dim=0,
                  predictor=dict(width=384, depth=6, heads=6, mlp_ratio=4.0), rollout_steps=2, residual=True,
-                 loss_exp=1.0, dtype="float32",
+                 loss_exp=1.0, context_frames=1, dtype="float32",
                  remat="none", scan_layers=False)
+  # context_frames: observed frames a rollout starts from, in evaluation and planning (one frame shows no velocity).
   # V-JEPA 2-AC: warmup, constant, linear decay (WSD); constant weight decay 0.04.
   c.optim = dict(lr=4e-4, warmup_steps=200, decay_steps=-1, final_lr_frac=0.0, schedule="wsd", decay_frac=0.2,
                  weight_decay=0.04, b1=0.9, b2=0.999, grad_clip=1.0)

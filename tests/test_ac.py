@@ -56,6 +56,14 @@ def test_loss_exponent_is_checked_and_2_gives_half_the_squared_error():
   np.testing.assert_allclose(out["copy_last_mse_BH"], want_mse_BH, rtol=1e-5)
   np.testing.assert_allclose(out["rollout_mse_BH"], want_mse_BH, rtol=1e-3)
   np.testing.assert_allclose(out["rollout_BH"], out["copy_last_BH"], rtol=1e-3)
+  model.context_frames = 2  # rollouts from frames 0-1: horizons 1..T-2, copy-last is frame 1
+  out = ac.eval_step(model, batch)
+  want_BH = np.mean(np.abs(np.asarray(z[:, 1:2]) - np.asarray(z[:, 2:])), axis=(2, 3))
+  np.testing.assert_allclose(out["copy_last_BH"], want_BH, rtol=1e-5)
+  np.testing.assert_allclose(out["rollout_BH"], want_BH, rtol=1e-3)
+  c.model.context_frames = 4  # = model.frames: nothing left to predict
+  with pytest.raises(ValueError, match="model.context_frames"):
+    ac.check_config(c)
 
 
 def test_block_causal_mask():

@@ -110,7 +110,7 @@ def test_oracle_mpc_reaches_the_goal_random_does_not(env):
   cost_fn, horizon = env.oracle_cost_fn(), 10
 
   @jax.jit
-  def plan(obs_HWC, goal_HWC, key, warm_HA):  # frames unused: the oracle reads the true state
+  def plan(obs_CHWC, goal_HWC, key, warm_HA, past_KA):  # frames unused: the oracle reads the true state
     mean_HA, info = planning.cem(cost_fn, key, horizon=horizon, low_A=env.low_A, high_A=env.high_A,
                                  samples=32, elites=4, iterations=3, init_mean_HA=warm_HA)
     return info["best_HA"]
@@ -141,3 +141,27 @@ def test_simulated_end_frames_are_what_executing_the_actions_shows(env):
       shown = env.step(a)
     np.testing.assert_array_equal(shown, predicted)
   assert not np.array_equal(frames_NHWC[0], frames_NHWC[1])
+
+
+def test_mpc_hands_the_planner_the_last_frames_and_the_actions_between_them(env):
+  seen = []
+
+  def plan(obs_CHWC, goal_HWC, key, warm_HA, past_KA):  # a distinct constant plan per call
+    seen.append((obs_CHWC, past_KA))
+    return np.full((4, 2), 0.1 * len(seen), np.float32)
+
+  ep = planning.run_mpc(env, plan, steps=5, horizon=4, seed=3, context=3)
+  frames, actions = ep["frames_THWC"], ep["actions_TA"]
+  np.testing.assert_allclose(actions[:, 0], [0.1, 0.2, 0.3, 0.4, 0.5], rtol=1e-6)
+  obs, past = seen[0]  # before any step: the start frame, at rest
+  assert obs.shape == (3, 64, 64, 3) and past.shape == (2, 2)
+  np.testing.assert_array_equal(obs, np.stack([frames[0]] * 3))
+  np.testing.assert_array_equal(past, 0)
+  obs, past = seen[1]
+  np.testing.assert_array_equal(obs, np.stack([frames[0], frames[0], frames[1]]))
+  np.testing.assert_array_equal(past, np.stack([np.zeros(2), actions[0]]))
+  obs, past = seen[4]  # frames 2, 3, 4 and the actions that led from 2 to 3 and from 3 to 4
+  np.testing.assert_array_equal(obs, frames[2:5])
+  np.testing.assert_array_equal(past, actions[2:4])
+  planning.run_mpc(env, plan, steps=1, horizon=4, seed=3)  # context 1: the current frame, no actions
+  assert seen[-1][0].shape == (1, 64, 64, 3) and seen[-1][1].shape == (0, 2)

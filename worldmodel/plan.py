@@ -35,6 +35,8 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
   _EPISODES = flags.DEFINE_integer("episodes", 10, "Episodes to plan (and to run with random actions).")
   _STEPS = flags.DEFINE_integer("steps", 60, "Environment steps per episode.")
   _HORIZON = flags.DEFINE_integer("horizon", 4, "Planning horizon (predicted frames).")
+  _CONTEXT = flags.DEFINE_integer("context", None, "Observed frames each rollout starts from (the last ones, with the "
+                                  "actions between them); default: the AC model's model.context_frames.")
   _PLANNER = flags.DEFINE_enum("planner", "cem", ["cem", "mppi"], "Sampling planner.")
   _SAMPLES = flags.DEFINE_integer("samples", 64, "Candidate action sequences per planner iteration.")
   _ITERS = flags.DEFINE_integer("iterations", 4, "Planner iterations per step.")
@@ -70,8 +72,9 @@ def load_world_model(workdir: str, step: int | None = None):
 
 def make_planner(model, env, *, horizon: int, planner: str, samples: int, iterations: int, elites: int,
                  dynamics: str = "model"):
-  """plan_fn(obs_HWC, goal_HWC, key, warm_HA) -> actions_HA; one jitted function for the whole search, except with
-  dynamics='simulator', whose search runs on the host (rendering cannot run inside a jax callback's thread)."""
+  """plan_fn(obs_CHWC, goal_HWC, key, warm_HA, past_KA) -> actions_HA (see `planning.run_mpc`); one jitted function
+  for the whole search, except with dynamics='simulator', whose search runs on the host (rendering cannot run inside
+  a jax callback's thread). The simulator and the oracle read the true state, not the observed frames."""
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -90,7 +93,7 @@ def make_planner(model, env, *, horizon: int, planner: str, samples: int, iterat
   if dynamics == "simulator":
     encode = jax.jit(lambda w, frames_1NHWC: nnx.merge(graphdef, w).encode(frames_1NHWC)[0])  # [N, tokens, D]
 
-    def plan_on_host(obs_HWC, goal_HWC, key, warm_HA):
+    def plan_on_host(obs_CHWC, goal_HWC, key, warm_HA, past_KA):
       goal_ND = encode(weights, jnp.asarray(goal_HWC)[None, None])[0]
 
       def cost_fn(actions_NHA):
@@ -103,16 +106,18 @@ def make_planner(model, env, *, horizon: int, planner: str, samples: int, iterat
     return plan_on_host
 
   @jax.jit
-  def plan(weights, obs_HWC, goal_HWC, key, warm_HA):
+  def plan(weights, obs_CHWC, goal_HWC, key, warm_HA, past_KA):
     if dynamics == "oracle":
       return search(env.oracle_cost_fn(), key, warm_HA)
     m = nnx.merge(graphdef, weights)
-    z = m.encode(jnp.stack([obs_HWC, goal_HWC])[None])[0]  # [2, N, D]
-    z0_1CND, goal_ND = z[None, :1], z[1]
+    C = obs_CHWC.shape[0]
+    z = m.encode(jnp.concatenate([obs_CHWC, goal_HWC[None]])[None])[0]  # [C + 1, N, D]
+    z_1CND, goal_ND = z[None, :C], z[C]
 
     def cost_fn(actions_NHA):
       n = actions_NHA.shape[0]
-      preds = m.rollout(jnp.broadcast_to(z0_1CND, (n,) + z0_1CND.shape[1:]), actions_NHA, horizon)
+      a_NKA = jnp.concatenate([jnp.broadcast_to(past_KA, (n,) + past_KA.shape), actions_NHA], axis=1)
+      preds = m.rollout(jnp.broadcast_to(z_1CND, (n,) + z_1CND.shape[1:]), a_NKA, horizon)
       return jnp.mean(jnp.abs(preds[:, -1] - goal_ND), axis=(1, 2))
 
     return search(cost_fn, key, warm_HA)
@@ -122,7 +127,7 @@ def make_planner(model, env, *, horizon: int, planner: str, samples: int, iterat
 
 def run(workdir: str, *, env_name: str, episodes: int, steps: int, horizon: int, planner: str, samples: int,
         iterations: int, elites: int, seed: int = 0, step: int | None = None, out_dir: str | None = None,
-        dynamics: str = "model") -> dict:
+        dynamics: str = "model", context: int | None = None) -> dict:
   from worldmodel import media, planning
   from worldmodel.data import pipeline, records
   from worldmodel.envs import dmc_goal
@@ -137,13 +142,17 @@ def run(workdir: str, *, env_name: str, episodes: int, steps: int, horizon: int,
   if len(env.low_A) != config.model.action_dim:
     raise ValueError(f"{env_name} has {len(env.low_A)}-D actions but the model in {workdir} was trained on "
                      f"{config.model.action_dim}-D actions")
+  context = context or int(config.model.get("context_frames", 1))
+  if context < 1 or context + horizon > config.model.max_frames:
+    raise ValueError(f"--context={context} with --horizon={horizon} must fit the predictor's model.max_frames="
+                     f"{config.model.max_frames} (and context >= 1)")
   plan_fn = make_planner(model, env, horizon=horizon, planner=planner, samples=samples, iterations=iterations,
                          elites=elites, dynamics=dynamics)
   planned, random = [], []
   t0 = time.time()
   for i in range(episodes):
     s = SEED_OFFSET + seed + i
-    planned.append(planning.run_mpc(env, plan_fn, steps=steps, horizon=horizon, seed=s))
+    planned.append(planning.run_mpc(env, plan_fn, steps=steps, horizon=horizon, seed=s, context=context))
     random.append(planning.random_policy_episode(env, steps, seed=s))
     p, r = planned[-1], random[-1]
     print(f"episode {i + 1}/{episodes} (seed {s}): planned success {p['success']} final distance "
@@ -155,7 +164,7 @@ def run(workdir: str, *, env_name: str, episodes: int, steps: int, horizon: int,
   os.makedirs(out_dir, exist_ok=True)
   plan_s = np.concatenate([p["plan_seconds"][1:] for p in planned if len(p["plan_seconds"]) > 1] or [[np.nan]])
   result = {"step": step, "env": env_name, "episodes": episodes, "steps": steps, "horizon": horizon,
-            "planner": planner, "samples": samples, "iterations": iterations, "dynamics": dynamics,
+            "context": context, "planner": planner, "samples": samples, "iterations": iterations, "dynamics": dynamics,
             "success_rate": float(np.mean([p["success"] for p in planned])),
             "final_success_rate": float(np.mean([p["final_success"] for p in planned])),
             "final_distance": float(np.mean([p["final_distance"] for p in planned])),
@@ -187,7 +196,7 @@ def main(argv):
   try:
     run(_WORKDIR.value, env_name=_ENV.value, episodes=_EPISODES.value, steps=_STEPS.value, horizon=_HORIZON.value,
         planner=_PLANNER.value, samples=_SAMPLES.value, iterations=_ITERS.value, elites=_ELITES.value,
-        seed=_SEED.value, step=_STEP.value, out_dir=_OUT.value, dynamics=_DYNAMICS.value)
+        seed=_SEED.value, step=_STEP.value, out_dir=_OUT.value, dynamics=_DYNAMICS.value, context=_CONTEXT.value)
   except (config_lib.ConfigError, CheckpointError, DatasetError, ValueError) as e:
     config_lib.die(str(e))
 

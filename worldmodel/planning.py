@@ -5,8 +5,8 @@ or, as an upper bound, through the true simulator (`GoalEnv.oracle_cost_fn`). Th
 functions with a `fori_loop` inside; jit the whole plan step once, closing over per-step inputs:
 
   @jax.jit
-  def plan(obs_HWC, goal_HWC, key, warm_HA):
-    cost_fn = lambda a_NHA: model_cost(params, obs_HWC, goal_HWC, a_NHA)
+  def plan(obs_CHWC, goal_HWC, key, warm_HA, past_KA):
+    cost_fn = lambda a_NHA: model_cost(params, obs_CHWC, past_KA, goal_HWC, a_NHA)
     return cem(cost_fn, key, horizon=H, low_A=lo, high_A=hi, init_mean_HA=warm_HA)[0]
 """
 from __future__ import annotations
@@ -131,29 +131,43 @@ def _episode(env, seed: int, steps: int, act: Callable[..., np.ndarray]) -> dict
           "final_distance": float(dist[-1])}
 
 
-def run_mpc(env, plan_fn, *, steps: int, horizon: int, replan_every: int = 1, seed: int = 0) -> dict:
+def run_mpc(env, plan_fn, *, steps: int, horizon: int, replan_every: int = 1, seed: int = 0,
+            context: int = 1) -> dict:
   """Receding-horizon control from `env.reset(seed)` toward `env.goal_frame()`.
 
-  `plan_fn(obs_HWC, goal_HWC, key, warm_start_HA) -> actions_HA`; the first `replan_every`
+  `plan_fn(obs_CHWC, goal_HWC, key, warm_start_HA, past_KA) -> actions_HA` sees the last `context` frames and the
+  K = context - 1 actions executed between them (a single frame shows no velocity); before the episode has that
+  many, the start frame is repeated with zero actions (the episode starts at rest). The first `replan_every`
   actions are executed, the plan is shifted to warm-start the next call. Returns the episode
   (frames_THWC with the start frame, distance_T, success_T, success = reached at any step, ...)
   and plan_seconds (wall time per plan call, the first one includes compilation).
   """
   if not 1 <= replan_every <= horizon:
     raise ValueError(f"replan_every={replan_every} must be in 1..horizon={horizon}")
+  if context < 1:
+    raise ValueError(f"context={context} must be >= 1 frame")
   low_A, high_A = np.asarray(env.low_A), np.asarray(env.high_A)
   state = {"key": jax.random.key(seed), "warm_HA": np.tile((low_A + high_A) / 2, (horizon, 1)),
-           "plan_HA": None}
+           "plan_HA": None, "frames": [], "actions": []}
   plan_seconds = []
 
   def act(t, frame_HWC, goal_HWC):
+    frames, actions = state["frames"], state["actions"]
+    if not frames:  # the start frame stands in for the frames before it, at rest
+      frames += [frame_HWC] * (context - 1)
+      actions += [np.zeros_like(low_A)] * (context - 1)
+    frames.append(frame_HWC)
     k = t % replan_every
     if k == 0:
       state["key"], sub = jax.random.split(state["key"])
+      past_KA = np.asarray(actions[len(actions) - (context - 1):] if context > 1 else np.zeros((0,) + low_A.shape),
+                           np.float32)
       start = time.perf_counter()
-      plan_HA = np.asarray(plan_fn(frame_HWC, goal_HWC, sub, state["warm_HA"]))
+      plan_HA = np.asarray(plan_fn(np.stack(frames[-context:]), goal_HWC, sub, state["warm_HA"], past_KA))
       plan_seconds.append(time.perf_counter() - start)
       state["plan_HA"], state["warm_HA"] = plan_HA, np.asarray(shift_plan(plan_HA, replan_every))
+    actions.append(np.asarray(state["plan_HA"][k], np.float32))
+    del frames[:-context], actions[:-context]  # only the recent history is ever read
     return state["plan_HA"][k]
 
   out = _episode(env, seed, steps, act)

@@ -29,6 +29,7 @@ class ACModel(nnx.Module):
     e = m.encoder_model
     self.tubelet, self.rollout_steps = tuple(e.tubelet), m.rollout_steps
     self.loss_exp = float(m.get("loss_exp", 1.0))
+    self.context_frames = int(m.get("context_frames", 1))  # observed frames before an evaluation / planning rollout
     self.encoder = retyped(vit.VideoViT(e, e.encoder, rngs=rngs), Frozen)
     self.predictor = ACPredictor(m, e.encoder.width, self.encoder.grid[1:], rngs=rngs)
 
@@ -99,6 +100,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config key 'model.loss_exp' ({m.loss_exp}) must be 1 (L1) or 2 (squared error)")
   if m.frames < 2 or m.frames > m.max_frames:
     raise ValueError(f"config key 'model.frames' ({m.frames}) must be in 2..model.max_frames ({m.max_frames})")
+  if not 1 <= m.get("context_frames", 1) < m.frames:
+    raise ValueError(f"config key 'model.context_frames' ({m.get('context_frames')}) must be in 1..model.frames - 1 "
+                     f"({m.frames - 1}): a rollout needs at least one frame to predict")
   if m.rollout_steps >= m.frames:
     raise ValueError(f"config key 'model.rollout_steps' ({m.rollout_steps}) must be < model.frames ({m.frames})")
 
@@ -138,16 +142,17 @@ def loss_fn(model: ACModel, batch: dict, *, rng: jax.Array, train: bool):
 
 
 def eval_step(model: ACModel, batch: dict) -> dict:
-  """Per clip and horizon h = 1..T-1: L1 and MSE of the cached rollout from frame 0, and of copying frame 0 (L1 is
-  V-JEPA 2-AC's metric; MSE is what a `loss_exp=2` model optimises, and the two can rank models differently)."""
+  """Per clip and horizon h = 1..T-C: L1 and MSE of the cached rollout from the first C = `model.context_frames`
+  frames, and of copying frame C-1 (L1 is V-JEPA 2-AC's metric; MSE is what a `loss_exp=2` model optimises, and
+  the two can rank models differently)."""
   z = model.encode(batch["video"])
   a = batch["action"].astype(jnp.float32)
-  T = z.shape[1]
-  preds = model.rollout(z[:, :1], a, T - 1)
+  T, C = z.shape[1], model.context_frames
+  preds = model.rollout(z[:, :C], a, T - C)
   teacher = _l1(model.predictor(z[:, :-1], a[:, :-1]), z[:, 1:], axis=(1, 2, 3))
   out = {"teacher_B": teacher}
-  for name, guess in (("rollout", preds), ("copy_last", z[:, :1])):
-    err = guess.astype(jnp.float32) - z[:, 1:]
+  for name, guess in (("rollout", preds), ("copy_last", z[:, C - 1:C])):
+    err = guess.astype(jnp.float32) - z[:, C:]
     out[f"{name}_BH"] = jnp.mean(jnp.abs(err), axis=(2, 3))
     out[f"{name}_mse_BH"] = jnp.mean(err ** 2, axis=(2, 3))
   return out

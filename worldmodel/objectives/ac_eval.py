@@ -30,6 +30,7 @@ class Evaluator:
     roll, copy = np.asarray(r["rollout"]), np.asarray(r["copy_last"])
     ratio = roll / np.maximum(copy, 1e-12)
     result = {"teacher_forcing_loss": float(r["teacher_forcing"]), "num_clips": num_clips,
+              "context_frames": int(self.config.model.get("context_frames", 1)),
               "rollout_l1": [float(x) for x in roll], "copy_last_l1": [float(x) for x in copy],
               "rollout_vs_copy_last": [float(x) for x in ratio], "horizons": list(range(1, len(roll) + 1))}
     mse_ratio = np.asarray(r["rollout_mse"]) / np.maximum(np.asarray(r["copy_last_mse"]), 1e-12)
