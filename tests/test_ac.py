@@ -136,6 +136,12 @@ def test_jepa_then_ac_train_evaluate_and_clear_errors(tmp_path, dataset, jepa_ti
   # The residual predictor starts at exactly copy-last (zero readout): 20 steps may improve on it, not drift away.
   assert m["rollout_vs_copy_last_h1"] < 1.1, m["rollout_vs_copy_last_h1"]
   assert os.path.getsize(m["media"]["rollout_error_png"]) > 1000
+  r = run_cli("worldmodel.evaluate", f"--workdir={ac}", "--context=2", f"--out={tmp_path / 'ctx2'}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  m = json.load(open(tmp_path / "ctx2" / "metrics.json"))
+  assert m["context_frames"] == 2 and len(m["rollout_l1"]) == 2  # 4-frame clips: 2 observed, 2 predicted
+  r = run_cli("worldmodel.evaluate", f"--workdir={ac}", "--context=4")
+  assert r.returncode != 0 and "model.context_frames" in r.stderr, r.stderr[-2000:]
 
   r = run_cli("worldmodel.plan", f"--workdir={jepa}", "--episodes=1")
   assert r.returncode != 0 and "needs an action-conditioned model" in r.stderr, r.stderr[-2000:]

@@ -39,12 +39,14 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
       "perceptual", "", "Tokenizer runs: also compute 'lpips' and / or 'fvd' (comma-separated; needs the [metrics] "
       "extra: pip install -e '.[metrics]'). FVD is reported with its extractor, resolution, frames and clip count.")
   _PROBES = flags.DEFINE_boolean("probes", True, "JEPA runs: fit the state probes (trained vs random-init vs pixels).")
+  _CONTEXT = flags.DEFINE_integer("context", None, "AC runs: observed frames each latent rollout starts from; "
+                                  "default: the run's model.context_frames.")
   flags.mark_flag_as_required("workdir")
 
 
 def evaluate(workdir: str, *, split: str = "test", data_dir: str | None = None, step: int | None = None,
              out_dir: str | None = None, batch_size: int | None = None, max_clips: int | None = None,
-             probes: bool = True, perceptual: str = "") -> dict:
+             probes: bool = True, perceptual: str = "", context: int | None = None) -> dict:
   from worldmodel import checkpoint as ckpt_lib
   from worldmodel import runtime as runtime_lib
   from worldmodel.data import pipeline
@@ -53,11 +55,18 @@ def evaluate(workdir: str, *, split: str = "test", data_dir: str | None = None, 
   config = config_lib.load_workdir_config(workdir)
   if data_dir:
     config.data.dir = data_dir
+  if context is not None:
+    if config.objective != "ac":
+      raise ValueError(f"--context={context}: only action-conditioned runs roll out; {workdir} is a "
+                       f"{config.objective!r} run")
+    config.model.context_frames = context
   try:
     mesh = mesh_lib.make_mesh(config.mesh)
   except ValueError:  # trained on another device count: evaluate data-parallel on what is here
     mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
   rt = runtime_lib.build(config, mesh)
+  if context is not None:
+    rt.objective.check_config(config)  # e.g. a context as long as the clips leaves nothing to predict
   rt.objective.check_data(config, pipeline.frame_size(config.data))
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
   step, state, _ = ckpt.restore(rt.abstract_state, step)
@@ -172,7 +181,7 @@ def main(argv):
   from worldmodel.data.records import DatasetError
   try:
     kwargs = dict(split=_SPLIT.value, data_dir=_DATA.value, batch_size=_BATCH.value, max_clips=_MAX_CLIPS.value,
-                  probes=_PROBES.value, perceptual=_PERCEPTUAL.value)
+                  probes=_PROBES.value, perceptual=_PERCEPTUAL.value, context=_CONTEXT.value)
     if _ALL_STEPS.value:
       evaluate_all_steps(_WORKDIR.value, **kwargs)
     else:
