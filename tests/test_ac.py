@@ -160,10 +160,12 @@ def test_plan_cli_in_mujoco_end_to_end(tmp_path):
   r = run_cli("worldmodel.train", "--config=experiments/ac.py:tiny", f"--workdir={ac}", f"--config.data.dir={data}",
               f"--config.model.encoder_source={jepa}", "--config.total_steps=4")
   assert r.returncode == 0, r.stderr[-2000:]
+  # Rollouts from the last 2 frames (and the action between them), squared-distance cost.
   r = run_cli("worldmodel.plan", f"--workdir={ac}", "--env=dmc:reacher-easy", "--episodes=2", "--steps=4",
-              "--horizon=3", "--samples=8", "--iterations=2", "--elites=2")
+              "--horizon=3", "--samples=8", "--iterations=2", "--elites=2", "--context=2", "--cost=l2")
   assert r.returncode == 0, r.stderr[-3000:]
   m = json.load(open(ac / "plan" / "4" / "metrics.json"))
+  assert m["context"] == 2 and m["cost"] == "l2"
   for key in ("success_rate", "final_distance", "random_success_rate", "random_final_distance", "plan_seconds_median"):
     assert np.isfinite(m[key]), key
   assert os.path.getsize(m["media"]["episode_mp4"]) > 1000 and os.path.getsize(m["media"]["distance_png"]) > 1000
@@ -174,3 +176,5 @@ def test_plan_cli_in_mujoco_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.load(open(ac / "plan" / f"4-{dynamics}" / "metrics.json"))
     assert m["dynamics"] == dynamics and np.isfinite(m["final_distance"])
+  r = run_cli("worldmodel.plan", f"--workdir={ac}", "--env=dmc:reacher-easy", "--episodes=1", "--context=16")
+  assert r.returncode != 0 and "max_frames" in r.stderr, r.stderr[-2000:]

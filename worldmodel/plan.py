@@ -45,6 +45,8 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
                                 "What predicts each candidate's outcome: the AC model (latent rollout, L1 to the goal's "
                                 "features); the true simulator with the same encoder and cost (isolates the predictor's "
                                 "error); or the simulator with the true distance (the planner's ceiling).")
+  _COST = flags.DEFINE_enum("cost", "l1", ["l1", "l2"], "Distance of a rollout's last frame to the goal's features: "
+                            "l1 (V-JEPA 2-AC) or l2 (mean squared, consistent with a model.loss_exp=2 predictor).")
   _SEED = flags.DEFINE_integer("seed", 0, "First episode seed (offset by 1,000,000).")
   _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest.")
   _OUT = flags.DEFINE_string("out", None, "Output directory; default: WORKDIR/plan/<step>.")
@@ -71,7 +73,7 @@ def load_world_model(workdir: str, step: int | None = None):
 
 
 def make_planner(model, env, *, horizon: int, planner: str, samples: int, iterations: int, elites: int,
-                 dynamics: str = "model"):
+                 dynamics: str = "model", cost: str = "l1"):
   """plan_fn(obs_CHWC, goal_HWC, key, warm_HA, past_KA) -> actions_HA (see `planning.run_mpc`); one jitted function
   for the whole search, except with dynamics='simulator', whose search runs on the host (rendering cannot run inside
   a jax callback's thread). The simulator and the oracle read the true state, not the observed frames."""
@@ -82,6 +84,12 @@ def make_planner(model, env, *, horizon: int, planner: str, samples: int, iterat
 
   graphdef, weights = nnx.split(model)
   low_A, high_A = env.low_A, env.high_A
+  if cost not in ("l1", "l2"):
+    raise ValueError(f"cost={cost!r}: choose l1 or l2")
+
+  def distance(z_NTD, goal_TD):  # per candidate, over tokens and features
+    err = z_NTD - goal_TD
+    return jnp.mean(jnp.abs(err) if cost == "l1" else err * err, axis=(1, 2))
 
   def search(cost_fn, key, warm_HA):
     if planner == "cem":
@@ -99,7 +107,7 @@ def make_planner(model, env, *, horizon: int, planner: str, samples: int, iterat
       def cost_fn(actions_NHA):
         with jax.disable_jit(False):  # the encoder stays compiled inside the eager search
           z_NTD = encode(weights, jnp.asarray(env.rollout_last_frames(np.asarray(actions_NHA)))[None])
-          return jnp.mean(jnp.abs(z_NTD - goal_ND), axis=(1, 2))
+          return distance(z_NTD, goal_ND)
 
       with jax.disable_jit():  # the search's loop runs eagerly, so cost_fn gets concrete actions
         return search(cost_fn, key, warm_HA)
@@ -118,7 +126,7 @@ def make_planner(model, env, *, horizon: int, planner: str, samples: int, iterat
       n = actions_NHA.shape[0]
       a_NKA = jnp.concatenate([jnp.broadcast_to(past_KA, (n,) + past_KA.shape), actions_NHA], axis=1)
       preds = m.rollout(jnp.broadcast_to(z_1CND, (n,) + z_1CND.shape[1:]), a_NKA, horizon)
-      return jnp.mean(jnp.abs(preds[:, -1] - goal_ND), axis=(1, 2))
+      return distance(preds[:, -1], goal_ND)
 
     return search(cost_fn, key, warm_HA)
 
@@ -127,7 +135,7 @@ def make_planner(model, env, *, horizon: int, planner: str, samples: int, iterat
 
 def run(workdir: str, *, env_name: str, episodes: int, steps: int, horizon: int, planner: str, samples: int,
         iterations: int, elites: int, seed: int = 0, step: int | None = None, out_dir: str | None = None,
-        dynamics: str = "model", context: int | None = None) -> dict:
+        dynamics: str = "model", context: int | None = None, cost: str = "l1") -> dict:
   from worldmodel import media, planning
   from worldmodel.data import pipeline, records
   from worldmodel.envs import dmc_goal
@@ -147,7 +155,7 @@ def run(workdir: str, *, env_name: str, episodes: int, steps: int, horizon: int,
     raise ValueError(f"--context={context} with --horizon={horizon} must fit the predictor's model.max_frames="
                      f"{config.model.max_frames} (and context >= 1)")
   plan_fn = make_planner(model, env, horizon=horizon, planner=planner, samples=samples, iterations=iterations,
-                         elites=elites, dynamics=dynamics)
+                         elites=elites, dynamics=dynamics, cost=cost)
   planned, random = [], []
   t0 = time.time()
   for i in range(episodes):
@@ -165,6 +173,7 @@ def run(workdir: str, *, env_name: str, episodes: int, steps: int, horizon: int,
   plan_s = np.concatenate([p["plan_seconds"][1:] for p in planned if len(p["plan_seconds"]) > 1] or [[np.nan]])
   result = {"step": step, "env": env_name, "episodes": episodes, "steps": steps, "horizon": horizon,
             "context": context, "planner": planner, "samples": samples, "iterations": iterations, "dynamics": dynamics,
+            "cost": cost,
             "success_rate": float(np.mean([p["success"] for p in planned])),
             "final_success_rate": float(np.mean([p["final_success"] for p in planned])),
             "final_distance": float(np.mean([p["final_distance"] for p in planned])),
@@ -196,7 +205,8 @@ def main(argv):
   try:
     run(_WORKDIR.value, env_name=_ENV.value, episodes=_EPISODES.value, steps=_STEPS.value, horizon=_HORIZON.value,
         planner=_PLANNER.value, samples=_SAMPLES.value, iterations=_ITERS.value, elites=_ELITES.value,
-        seed=_SEED.value, step=_STEP.value, out_dir=_OUT.value, dynamics=_DYNAMICS.value, context=_CONTEXT.value)
+        seed=_SEED.value, step=_STEP.value, out_dir=_OUT.value, dynamics=_DYNAMICS.value, context=_CONTEXT.value,
+        cost=_COST.value)
   except (config_lib.ConfigError, CheckpointError, DatasetError, ValueError) as e:
     config_lib.die(str(e))
 
