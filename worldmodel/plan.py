@@ -45,8 +45,9 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
                                 "What predicts each candidate's outcome: the AC model (latent rollout, L1 to the goal's "
                                 "features); the true simulator with the same encoder and cost (isolates the predictor's "
                                 "error); or the simulator with the true distance (the planner's ceiling).")
-  _COST = flags.DEFINE_enum("cost", "l1", ["l1", "l2"], "Distance of a rollout's last frame to the goal's features: "
-                            "l1 (V-JEPA 2-AC) or l2 (mean squared, consistent with a model.loss_exp=2 predictor).")
+  _COST = flags.DEFINE_enum("cost", None, ["l1", "l2"], "Distance of a rollout's last frame to the goal's features: "
+                            "l1 (V-JEPA 2-AC) or l2 (mean squared); default: the one the AC model was trained with "
+                            "(model.loss_exp 1 or 2).")
   _SEED = flags.DEFINE_integer("seed", 0, "First episode seed (offset by 1,000,000).")
   _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest.")
   _OUT = flags.DEFINE_string("out", None, "Output directory; default: WORKDIR/plan/<step>.")
@@ -135,7 +136,7 @@ def make_planner(model, env, *, horizon: int, planner: str, samples: int, iterat
 
 def run(workdir: str, *, env_name: str, episodes: int, steps: int, horizon: int, planner: str, samples: int,
         iterations: int, elites: int, seed: int = 0, step: int | None = None, out_dir: str | None = None,
-        dynamics: str = "model", context: int | None = None, cost: str = "l1") -> dict:
+        dynamics: str = "model", context: int | None = None, cost: str | None = None) -> dict:
   from worldmodel import media, planning
   from worldmodel.data import pipeline, records
   from worldmodel.envs import dmc_goal
@@ -151,6 +152,7 @@ def run(workdir: str, *, env_name: str, episodes: int, steps: int, horizon: int,
     raise ValueError(f"{env_name} has {len(env.low_A)}-D actions but the model in {workdir} was trained on "
                      f"{config.model.action_dim}-D actions")
   context = context or int(config.model.get("context_frames", 1))
+  cost = cost or ("l2" if config.model.get("loss_exp", 1) == 2 else "l1")  # the distance its predictions minimise
   if context < 1 or context + horizon > config.model.max_frames:
     raise ValueError(f"--context={context} with --horizon={horizon} must fit the predictor's model.max_frames="
                      f"{config.model.max_frames} (and context >= 1)")
