@@ -160,8 +160,7 @@ def run_mpc(env, plan_fn, *, steps: int, horizon: int, replan_every: int = 1, se
     k = t % replan_every
     if k == 0:
       state["key"], sub = jax.random.split(state["key"])
-      past_KA = np.asarray(actions[len(actions) - (context - 1):] if context > 1 else np.zeros((0,) + low_A.shape),
-                           np.float32)
+      past_KA = np.asarray(actions[len(actions) - context + 1:], np.float32).reshape(context - 1, len(low_A))
       start = time.perf_counter()
       plan_HA = np.asarray(plan_fn(np.stack(frames[-context:]), goal_HWC, sub, state["warm_HA"], past_KA))
       plan_seconds.append(time.perf_counter() - start)
