@@ -9,7 +9,7 @@ QS_DIR ?= runs/quickstart
 QS_DATA ?= $(QS_DIR)/data
 QS_WORK ?= $(QS_DIR)/tokenizer
 
-.PHONY: install install-tcmalloc install-dmc quickstart test bench clean
+.PHONY: install install-tcmalloc install-dmc quickstart test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -30,8 +30,17 @@ quickstart: install
 	$(PY) -m worldmodel.evaluate --workdir=$(QS_WORK) --split=test
 	@echo "Results: $(QS_WORK)/eval/<step>/metrics.json, truth_vs_recon.gif, psnr_per_frame.png; TensorBoard: $(QS_WORK)/tb"
 
-test: install-dmc
+test: install-dmc lint
 	$(PY) -m pytest -q tests --durations=10
+
+# The inner loop: lint, then everything not marked slow.
+test-fast: install lint
+	$(PY) -m pytest -q tests -m "not slow" -x
+
+# One formatter and linter (ruff, configured in pyproject.toml).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # tcmalloc: the CLIs restart under it when present (worldmodel/allocator.py); without it XLA:CPU page-faults its step
 # buffers in again every step (JEPA bench 5.3 s vs 4.6 s). Optional: where apt cannot install it, set-up goes on.

@@ -12,6 +12,7 @@ Variants:
          planning, data at --action_repeat=5
   small  predictor 384 x 6 (the V-JEPA 2-AC reference's small shape), 8-frame clips
 """
+
 import ml_collections
 
 VARIANTS = ("tiny", "dmc", "small")
@@ -29,18 +30,52 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 8
   c.log_every_steps = 50
 
-  c.data = dict(dir="", train_split="train", num_frames=8, frame_stride=1, resize=0, weights=(),
-                features=dict(video="", action="", state="", reward=""), read_threads=2, prefetch=4, workers=0)
+  c.data = dict(
+    dir="",
+    train_split="train",
+    num_frames=8,
+    frame_stride=1,
+    resize=0,
+    weights=(),
+    features=dict(video="", action="", state="", reward=""),
+    read_threads=2,
+    prefetch=4,
+    workers=0,
+  )
   # encoder_source: a JEPA workdir, an encoder export or a V-JEPA file (encoder_key: which of its entries, default
   # target_encoder); encoder_model is filled in from it (and action_dim from the data) at start.
-  c.model = dict(name="ac", encoder_source="", encoder_key="", encoder_model={}, frames=8, size=0, max_frames=16, action_dim=0,
-                 predictor=dict(width=384, depth=6, heads=6, mlp_ratio=4.0), rollout_steps=2, residual=True,
-                 loss_exp=1.0, context_frames=1, dtype="float32",
-                 remat="none", scan_layers=False)
+  c.model = dict(
+    name="ac",
+    encoder_source="",
+    encoder_key="",
+    encoder_model={},
+    frames=8,
+    size=0,
+    max_frames=16,
+    action_dim=0,
+    predictor=dict(width=384, depth=6, heads=6, mlp_ratio=4.0),
+    rollout_steps=2,
+    residual=True,
+    loss_exp=1.0,
+    context_frames=1,
+    dtype="float32",
+    remat="none",
+    scan_layers=False,
+  )
   # context_frames: observed frames a rollout starts from, in evaluation and planning (one frame shows no velocity).
   # V-JEPA 2-AC: warmup, constant, linear decay (WSD); constant weight decay 0.04.
-  c.optim = dict(lr=4e-4, warmup_steps=200, decay_steps=-1, final_lr_frac=0.0, schedule="wsd", decay_frac=0.2,
-                 weight_decay=0.04, b1=0.9, b2=0.999, grad_clip=1.0)
+  c.optim = dict(
+    lr=4e-4,
+    warmup_steps=200,
+    decay_steps=-1,
+    final_lr_frac=0.0,
+    schedule="wsd",
+    decay_frac=0.2,
+    weight_decay=0.04,
+    b1=0.9,
+    b2=0.999,
+    grad_clip=1.0,
+  )
   c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
   c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn=dict(data=1, fsdp=1, tensor=1))  # dcn: cross-slice sizes
   c.eval = dict(split="test", batch_size=16, max_clips=0, num_media=4)

@@ -15,6 +15,7 @@ Variants:
   dmc    8-frame dm_control clips (the JEPA dmc encoder), e.g. reacher qpos
   base   16-frame clips, V-JEPA's probe recipe (16 queries are V-JEPA 2's; 4 here), for real hardware
 """
+
 import ml_collections
 
 VARIANTS = ("tiny", "dmc", "base")
@@ -26,8 +27,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   parts = (arg or "tiny").split(",")
   variant, options = parts[0], parts[1:]
   if variant not in VARIANTS or any(o not in MODES + TASKS for o in options):
-    raise ValueError(f"unknown variant {arg!r} for experiments/finetune.py; choose one of {VARIANTS}, optionally "
-                     f"with a mode {MODES} and a task {TASKS}, e.g. 'tiny,full,classify'")
+    raise ValueError(
+      f"unknown variant {arg!r} for experiments/finetune.py; choose one of {VARIANTS}, optionally "
+      f"with a mode {MODES} and a task {TASKS}, e.g. 'tiny,full,classify'"
+    )
   mode = next((o for o in options if o in MODES), "frozen")
   task = next((o for o in options if o in TASKS), "state")
 
@@ -38,17 +41,54 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 16
   c.log_every_steps = 50
 
-  c.data = dict(dir="", train_split="train", num_frames=16, frame_stride=1, resize=0, weights=(),
-                features=dict(video="", action="", state="", reward=""), read_threads=2, prefetch=4, workers=0)
+  c.data = dict(
+    dir="",
+    train_split="train",
+    num_frames=16,
+    frame_stride=1,
+    resize=0,
+    weights=(),
+    features=dict(video="", action="", state="", reward=""),
+    read_threads=2,
+    prefetch=4,
+    workers=0,
+  )
   # encoder_model, size, classes / state statistics are filled in from init.source and the data at start.
-  c.model = dict(name="finetune", task=task, mode=mode, trainable_blocks=2, frames=16, size=0, encoder_model={},
-                 head=dict(heads=4, queries=4), dtype="float32", remat="none", scan_layers=False,
-                 classes=[], state_dim=0, periodic_state=[], state_mean=[], state_std=[], state_groups={})
+  c.model = dict(
+    name="finetune",
+    task=task,
+    mode=mode,
+    trainable_blocks=2,
+    frames=16,
+    size=0,
+    encoder_model={},
+    head=dict(heads=4, queries=4),
+    dtype="float32",
+    remat="none",
+    scan_layers=False,
+    classes=[],
+    state_dim=0,
+    periodic_state=[],
+    state_mean=[],
+    state_std=[],
+    state_groups={},
+  )
   c.init = dict(source="", key="")
   # Frozen probes train the head alone (higher lr); fine-tuning moves the encoder gently, lower layers least.
   lr = {"frozen": 1e-3, "partial": 3e-4, "full": 2e-4}[mode]
-  c.optim = dict(lr=lr, warmup_steps=100, decay_steps=-1, final_lr_frac=0.0, schedule="cosine", decay_frac=0.2,
-                 weight_decay=0.05, b1=0.9, b2=0.999, grad_clip=1.0, layer_decay=0.75 if mode == "full" else 1.0)
+  c.optim = dict(
+    lr=lr,
+    warmup_steps=100,
+    decay_steps=-1,
+    final_lr_frac=0.0,
+    schedule="cosine",
+    decay_frac=0.2,
+    weight_decay=0.05,
+    b1=0.9,
+    b2=0.999,
+    grad_clip=1.0,
+    layer_decay=0.75 if mode == "full" else 1.0,
+  )
   c.checkpoint = dict(every_steps=500, keep=2, async_save=True)
   c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn=dict(data=1, fsdp=1, tensor=1))  # dcn: cross-slice sizes
   c.eval = dict(split="test", batch_size=16, max_clips=0, num_media=4)

@@ -12,28 +12,39 @@ Variants:
 Append ',rope' for V-JEPA 2's 3-D RoPE instead of sin-cos positions, ',wsd' for a warmup-stable-decay schedule,
 ',future' to replace the long-range mask set by future prediction (the clip's second half from its first).
 """
+
 import ml_collections
 
 VARIANTS = ("tiny", "dmc", "small", "bench", "base", "vit_l", "vit_h", "vit_g")
 OPTIONS = {"rope", "wsd", "future"}
 
 # Published encoder shapes (V-JEPA 2): width, depth, heads, mlp_ratio.
-ENCODERS = {"vit_s": (384, 12, 6, 4.0), "vit_b": (768, 12, 12, 4.0), "vit_l": (1024, 24, 16, 4.0),
-            "vit_h": (1280, 32, 16, 4.0), "vit_g": (1408, 40, 22, 48 / 11)}
+ENCODERS = {
+  "vit_s": (384, 12, 6, 4.0),
+  "vit_b": (768, 12, 12, 4.0),
+  "vit_l": (1024, 24, 16, 4.0),
+  "vit_h": (1280, 32, 16, 4.0),
+  "vit_g": (1408, 40, 22, 48 / 11),
+}
 
 
 def masks(short_keep: float, long_keep: float) -> dict:
   """V-JEPA's two sets: 8 small tubes (short range) and 2 large ones (long range), each spanning the whole clip."""
-  return {"short": dict(num_blocks=8, spatial_scale=0.15, aspect_ratio=(0.75, 1.5), temporal_scale=1.0,
-                        keep=short_keep, anchor="random"),
-          "long": dict(num_blocks=2, spatial_scale=0.7, aspect_ratio=(0.75, 1.5), temporal_scale=1.0,
-                       keep=long_keep, anchor="random")}
+  return {
+    "short": dict(
+      num_blocks=8, spatial_scale=0.15, aspect_ratio=(0.75, 1.5), temporal_scale=1.0, keep=short_keep, anchor="random"
+    ),
+    "long": dict(
+      num_blocks=2, spatial_scale=0.7, aspect_ratio=(0.75, 1.5), temporal_scale=1.0, keep=long_keep, anchor="random"
+    ),
+  }
 
 
 def future_mask(keep: float) -> dict:
   """Everything after the first `keep` of the clip: the predictor must forecast, so features must carry motion."""
-  return dict(num_blocks=1, spatial_scale=1.0, aspect_ratio=(1.0, 1.0), temporal_scale=1.0 - keep, keep=keep,
-              anchor="end")
+  return dict(
+    num_blocks=1, spatial_scale=1.0, aspect_ratio=(1.0, 1.0), temporal_scale=1.0 - keep, keep=keep, anchor="end"
+  )
 
 
 def _encoder(name: str) -> dict:
@@ -45,8 +56,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   parts = (arg or "small").split(",")
   variant, options = parts[0], set(parts[1:])
   if variant not in VARIANTS or not options <= OPTIONS:
-    raise ValueError(f"unknown variant {arg!r} for experiments/jepa.py; choose one of {VARIANTS} "
-                     f"(optionally with {sorted(OPTIONS)}, e.g. 'small,rope')")
+    raise ValueError(
+      f"unknown variant {arg!r} for experiments/jepa.py; choose one of {VARIANTS} "
+      f"(optionally with {sorted(OPTIONS)}, e.g. 'small,rope')"
+    )
 
   c = ml_collections.ConfigDict()
   c.objective = "jepa"
@@ -55,24 +68,65 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 8
   c.log_every_steps = 50
 
-  c.data = dict(dir="", train_split="train", num_frames=16, frame_stride=1, resize=0, weights=(),
-                features=dict(video="", action="", state="", reward=""), read_threads=2, prefetch=4, workers=0)
+  c.data = dict(
+    dir="",
+    train_split="train",
+    num_frames=16,
+    frame_stride=1,
+    resize=0,
+    weights=(),
+    features=dict(video="", action="", state="", reward=""),
+    read_threads=2,
+    prefetch=4,
+    workers=0,
+  )
   # The model: encoder (and its EMA target), predictor, positions ('sincos' or 'rope'), masks with fixed keep counts.
-  c.model = dict(name="jepa", frames=16, size=64, tubelet=(2, 8, 8), pos="sincos", dtype="float32", remat="none",
-                 scan_layers=False, encoder=_encoder("vit_s"), loss_exp=1.0,
-                 predictor=dict(width=192, depth=6, heads=6, mlp_ratio=4.0), masks=masks(0.27, 0.09))
+  c.model = dict(
+    name="jepa",
+    frames=16,
+    size=64,
+    tubelet=(2, 8, 8),
+    pos="sincos",
+    dtype="float32",
+    remat="none",
+    scan_layers=False,
+    encoder=_encoder("vit_s"),
+    loss_exp=1.0,
+    predictor=dict(width=192, depth=6, heads=6, mlp_ratio=4.0),
+    masks=masks(0.27, 0.09),
+  )
   # V-JEPA: AdamW, warmup + cosine lr, weight decay cosine 0.04 → 0.4, EMA momentum linear 0.998 → 1.0.
-  c.optim = dict(lr=6.25e-4, warmup_steps=300, decay_steps=-1, final_lr_frac=0.01, schedule="cosine", decay_frac=0.2,
-                 weight_decay=0.04, weight_decay_end=0.4, b1=0.9, b2=0.999, grad_clip=10.0,
-                 ema_start=0.998, ema_end=1.0)
+  c.optim = dict(
+    lr=6.25e-4,
+    warmup_steps=300,
+    decay_steps=-1,
+    final_lr_frac=0.01,
+    schedule="cosine",
+    decay_frac=0.2,
+    weight_decay=0.04,
+    weight_decay_end=0.4,
+    b1=0.9,
+    b2=0.999,
+    grad_clip=10.0,
+    ema_start=0.998,
+    ema_end=1.0,
+  )
   # Fine-tuning / continued pretraining: a worldmodel workdir or a V-JEPA .pt / .safetensors encoder (init_from.py);
   # `key` picks 'target_encoder' (default) or 'encoder' from a V-JEPA training checkpoint.
   c.init = dict(source="", key="")
   c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
   c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn=dict(data=1, fsdp=1, tensor=1))  # dcn: cross-slice sizes
   # Probes: fit on probe_train_split (probe_clips clips at most), scored on the evaluated split.
-  c.eval = dict(split="test", batch_size=16, max_clips=0, num_media=4, probes=True, probe_train_split="train",
-                probe_clips=256, probe_steps=1500)
+  c.eval = dict(
+    split="test",
+    batch_size=16,
+    max_clips=0,
+    num_media=4,
+    probes=True,
+    probe_train_split="train",
+    probe_clips=256,
+    probe_steps=1500,
+  )
 
   if variant == "tiny":
     c.total_steps = 20
@@ -105,12 +159,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.update(size=224, tubelet=(2, 16, 16), encoder=_encoder("vit_b"), remat="full", scan_layers=True)
     c.model.predictor = dict(width=384, depth=12, heads=12, mlp_ratio=4.0)
   else:  # the published sizes: 16 frames at 256², RoPE, bf16 compute, rematerialised scanned layers
-    c.model.update(size=256, tubelet=(2, 16, 16), pos="rope", dtype="bfloat16", encoder=_encoder(variant),
-                   remat="full", scan_layers=True)
+    c.model.update(
+      size=256,
+      tubelet=(2, 16, 16),
+      pos="rope",
+      dtype="bfloat16",
+      encoder=_encoder(variant),
+      remat="full",
+      scan_layers=True,
+    )
     c.model.predictor = dict(width=384, depth=12, heads=12, mlp_ratio=4.0)
     c.batch_size = 3072  # V-JEPA 2's global batch
-    c.optim.update(lr=5.25e-4, warmup_steps=12000, schedule="wsd", decay_frac=0.05, weight_decay_end=0.04,
-                   ema_start=0.99925, ema_end=0.99925)
+    c.optim.update(
+      lr=5.25e-4,
+      warmup_steps=12000,
+      schedule="wsd",
+      decay_frac=0.05,
+      weight_decay_end=0.04,
+      ema_start=0.99925,
+      ema_end=0.99925,
+    )
     c.total_steps = 252000
 
   if "rope" in options:

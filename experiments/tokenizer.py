@@ -10,6 +10,7 @@ Variants:
   jasmine     Jasmine's default tokenizer shapes (16x64x64 clips, patch 16, width 512, 4+4 blocks, 1024 VQ codes)
 Append ',vq' to a variant (e.g. tiny,vq) for a VQ quantiser instead of FSQ.
 """
+
 import ml_collections
 
 VARIANTS = ("tiny", "quickstart", "dmc", "small", "jasmine")
@@ -19,8 +20,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   parts = (arg or "quickstart").split(",")
   variant, options = parts[0], set(parts[1:])
   if variant not in VARIANTS or not options <= {"vq"}:
-    raise ValueError(f"unknown variant {arg!r} for experiments/tokenizer.py; choose one of {VARIANTS} "
-                     "(optionally with ',vq')")
+    raise ValueError(
+      f"unknown variant {arg!r} for experiments/tokenizer.py; choose one of {VARIANTS} (optionally with ',vq')"
+    )
 
   c = ml_collections.ConfigDict()
   c.objective = "tokenizer"
@@ -34,15 +36,45 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # data.dir: one dataset, or a comma-separated mixture sampled by data.weights (default: equal).
   # data.features maps our names to a foreign TFDS dataset's features (RLDS: video=steps/observation/image).
   # data.resize: centre-crop + area-resize frames to this size (0: use the dataset's size).
-  c.data = dict(dir="", train_split="train", num_frames=4, frame_stride=1, resize=0, weights=(),
-                features=dict(video="", action="", state="", reward=""),
-                read_threads=2, prefetch=4, workers=0)
-  c.model = dict(name="tokenizer", frames=4, size=32, tubelet=(1, 4, 4), width=128, heads=4, mlp_ratio=4.0,
-                 enc_depth=2, dec_depth=2, dtype="float32", remat="none", scan_layers=False,
-                 quantizer=dict(kind="fsq", levels=(8, 5, 5, 5), saturation_penalty=1.0, num_codes=1024, code_dim=8,
-                                commitment=0.25, decay=0.99, restart_threshold=0.01))
-  c.optim = dict(lr=2e-3, warmup_steps=100, decay_steps=-1, final_lr_frac=0.05, weight_decay=1e-4,
-                 b1=0.9, b2=0.99, grad_clip=1.0)
+  c.data = dict(
+    dir="",
+    train_split="train",
+    num_frames=4,
+    frame_stride=1,
+    resize=0,
+    weights=(),
+    features=dict(video="", action="", state="", reward=""),
+    read_threads=2,
+    prefetch=4,
+    workers=0,
+  )
+  c.model = dict(
+    name="tokenizer",
+    frames=4,
+    size=32,
+    tubelet=(1, 4, 4),
+    width=128,
+    heads=4,
+    mlp_ratio=4.0,
+    enc_depth=2,
+    dec_depth=2,
+    dtype="float32",
+    remat="none",
+    scan_layers=False,
+    quantizer=dict(
+      kind="fsq",
+      levels=(8, 5, 5, 5),
+      saturation_penalty=1.0,
+      num_codes=1024,
+      code_dim=8,
+      commitment=0.25,
+      decay=0.99,
+      restart_threshold=0.01,
+    ),
+  )
+  c.optim = dict(
+    lr=2e-3, warmup_steps=100, decay_steps=-1, final_lr_frac=0.05, weight_decay=1e-4, b1=0.9, b2=0.99, grad_clip=1.0
+  )
   c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
   c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn=dict(data=1, fsdp=1, tensor=1))  # dcn: cross-slice sizes
   c.eval = dict(split="test", batch_size=16, max_clips=0, num_media=4)

@@ -7,6 +7,7 @@ Each process gets `--coordinator_address=localhost:PORT --num_processes=N --proc
 (a fresh free port per launch). Output lines are prefixed with the process index. If any process fails, the others
 are stopped and the launcher exits with that process's code; if all succeed it exits 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,10 +38,17 @@ def launch(command: list[str], num_processes: int, devices_per_process: int, gra
   env.pop("XLA_FLAGS", None)  # a device count inherited from the parent would override --cpu_devices
   procs = []
   for i in range(num_processes):
-    args = command + [f"--coordinator_address=localhost:{port}", f"--num_processes={num_processes}",
-                      f"--process_id={i}", f"--cpu_devices={devices_per_process}"]
-    procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  start_new_session=True))
+    args = command + [
+      f"--coordinator_address=localhost:{port}",
+      f"--num_processes={num_processes}",
+      f"--process_id={i}",
+      f"--cpu_devices={devices_per_process}",
+    ]
+    procs.append(
+      subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+      )
+    )
   pumps = [threading.Thread(target=_pump, args=(p, i), daemon=True) for i, p in enumerate(procs)]
   for t in pumps:
     t.start()
@@ -50,6 +58,7 @@ def launch(command: list[str], num_processes: int, devices_per_process: int, gra
     for p in procs:
       if p.poll() is None:
         p.send_signal(signum)
+
   signal.signal(signal.SIGTERM, forward)
   signal.signal(signal.SIGINT, forward)
 

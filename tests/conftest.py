@@ -1,4 +1,5 @@
 """Shared fixtures: a small embedded dataset generated once per test session, and the CLI runner."""
+
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def make_dataset(out: str, episodes: int = 24, frames: int = 16, size: int = 64) -> str:
   from worldmodel.data.sources import bouncing
+
   return bouncing.write_dataset(out, episodes, frames, size, eval_episodes=max(1, episodes // 8))
 
 
@@ -26,19 +28,30 @@ def cli_env(extra: dict | None = None) -> dict:
 
 
 def run_cli(module: str, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                        timeout=timeout, env=cli_env(env))
+  return subprocess.run(
+    [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=cli_env(env)
+  )
 
 
 def local_launch_cmd(num_processes: int, devices_per_process: int, module: str, *args: str) -> list[str]:
   """`launch/local.py` running `python -m module args` as N processes x M fake CPU devices (run it with cli_env())."""
-  return [sys.executable, os.path.join(REPO, "launch", "local.py"), f"--num_processes={num_processes}",
-          f"--devices_per_process={devices_per_process}", "--", sys.executable, "-m", module, *args]
+  return [
+    sys.executable,
+    os.path.join(REPO, "launch", "local.py"),
+    f"--num_processes={num_processes}",
+    f"--devices_per_process={devices_per_process}",
+    "--",
+    sys.executable,
+    "-m",
+    module,
+    *args,
+  ]
 
 
 def experiment_config(name: str, variant: str):
   """experiments/NAME.py's get_config(variant), loaded from its file like the CLIs do."""
   import importlib.util
+
   spec = importlib.util.spec_from_file_location(f"exp_{name}", os.path.join(REPO, "experiments", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -50,7 +63,14 @@ def jepa_tiny(tmp_path_factory, dataset) -> str:
   """A 20-step experiments/jepa.py:tiny run on `dataset`, shared by the JEPA, AC and fine-tuning tests (read its
   checkpoints; write elsewhere). Short probe fits keep its evaluation quick."""
   w = tmp_path_factory.mktemp("jepa_tiny") / "jepa"
-  r = run_cli("worldmodel.train", "--config=experiments/jepa.py:tiny", f"--workdir={w}", f"--config.data.dir={dataset}",
-              "--config.total_steps=20", "--config.eval.probe_steps=150", "--config.eval.probe_clips=64")
+  r = run_cli(
+    "worldmodel.train",
+    "--config=experiments/jepa.py:tiny",
+    f"--workdir={w}",
+    f"--config.data.dir={dataset}",
+    "--config.total_steps=20",
+    "--config.eval.probe_steps=150",
+    "--config.eval.probe_clips=64",
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   return str(w)

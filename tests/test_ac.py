@@ -1,4 +1,5 @@
 """Action-conditioned predictor: cached rollout == full recompute; JEPA → AC → evaluate → plan through the CLIs."""
+
 import json
 import os
 
@@ -7,22 +8,37 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import experiment_config, run_cli
 from flax import nnx
 
-from conftest import experiment_config, run_cli
 from worldmodel.models.ac_predictor import ACPredictor, block_causal_mask
 from worldmodel.objectives.jepa import layer_norm
 
 
 def _predictor(width=32, depth=2, frames=6):
-  m = ml_collections.ConfigDict(dict(predictor=dict(width=width, depth=depth, heads=2, mlp_ratio=2.0), dtype="float32",
-                                     remat="none", max_frames=frames, action_dim=3))
+  m = ml_collections.ConfigDict(
+    dict(
+      predictor=dict(width=width, depth=depth, heads=2, mlp_ratio=2.0),
+      dtype="float32",
+      remat="none",
+      max_frames=frames,
+      action_dim=3,
+    )
+  )
   return ACPredictor(m, enc_dim=16, grid_hw=(2, 2), rngs=nnx.Rngs(0))
 
 
 def test_residual_predictor_starts_as_copy_last_and_learns():
-  m = ml_collections.ConfigDict(dict(predictor=dict(width=32, depth=2, heads=2, mlp_ratio=2.0), dtype="float32",
-                                     remat="none", max_frames=6, action_dim=3, residual=True))
+  m = ml_collections.ConfigDict(
+    dict(
+      predictor=dict(width=32, depth=2, heads=2, mlp_ratio=2.0),
+      dtype="float32",
+      remat="none",
+      max_frames=6,
+      action_dim=3,
+      residual=True,
+    )
+  )
   pred = ACPredictor(m, enc_dim=16, grid_hw=(2, 2), rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
   z = jnp.asarray(rng.normal(size=(2, 4, 4, 16)), jnp.float32)
@@ -34,18 +50,29 @@ def test_residual_predictor_starts_as_copy_last_and_learns():
 
 def test_loss_exponent_is_checked_and_2_gives_half_the_squared_error():
   from worldmodel.objectives import ac
+
   c = experiment_config("ac", "tiny")
   c.model.update(action_dim=2, size=32, loss_exp=3.0)
   with pytest.raises(ValueError, match="model.loss_exp"):
     ac.check_config(c)
   c.model.loss_exp = 2.0
   ac.check_config(c)
-  c.model.encoder_model = dict(frames=2, size=32, tubelet=(2, 16, 16), pos="sincos", dtype="float32", remat="none",
-                               scan_layers=False, encoder=dict(width=16, depth=1, heads=2, mlp_ratio=2.0))
+  c.model.encoder_model = dict(
+    frames=2,
+    size=32,
+    tubelet=(2, 16, 16),
+    pos="sincos",
+    dtype="float32",
+    remat="none",
+    scan_layers=False,
+    encoder=dict(width=16, depth=1, heads=2, mlp_ratio=2.0),
+  )
   model = ac.ACModel(c.model, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
-  batch = {"video": jnp.asarray(rng.integers(0, 255, size=(2, 4, 32, 32, 3)), jnp.uint8),
-           "action": jnp.asarray(rng.normal(size=(2, 4, 2)), jnp.float32)}
+  batch = {
+    "video": jnp.asarray(rng.integers(0, 255, size=(2, 4, 32, 32, 3)), jnp.uint8),
+    "action": jnp.asarray(rng.normal(size=(2, 4, 2)), jnp.float32),
+  }
   loss, logs = ac.loss_fn(model, batch, rng=None, train=True)
   z = model.encode(batch["video"])  # untrained residual predictor = copy-last: half the squared frame change
   want = jnp.mean((z[:, :-1] - z[:, 1:]) ** 2) / 2
@@ -94,11 +121,27 @@ def test_cached_step_by_step_equals_full_recompute():
 
 def test_model_rollout_matches_recomputed_autoregression():
   from worldmodel.objectives.ac import ACModel
-  m = ml_collections.ConfigDict(dict(
-      encoder_model=dict(frames=2, size=32, tubelet=(2, 16, 16), pos="sincos", dtype="float32", remat="none",
-                         scan_layers=False, encoder=dict(width=16, depth=1, heads=2, mlp_ratio=2.0)),
-      predictor=dict(width=32, depth=2, heads=2, mlp_ratio=2.0), dtype="float32", remat="none", max_frames=8,
-      action_dim=3, rollout_steps=2))
+
+  m = ml_collections.ConfigDict(
+    dict(
+      encoder_model=dict(
+        frames=2,
+        size=32,
+        tubelet=(2, 16, 16),
+        pos="sincos",
+        dtype="float32",
+        remat="none",
+        scan_layers=False,
+        encoder=dict(width=16, depth=1, heads=2, mlp_ratio=2.0),
+      ),
+      predictor=dict(width=32, depth=2, heads=2, mlp_ratio=2.0),
+      dtype="float32",
+      remat="none",
+      max_frames=8,
+      action_dim=3,
+      rollout_steps=2,
+    )
+  )
   model = ACModel(m, rngs=nnx.Rngs(1))
   rng = np.random.default_rng(1)
   frames = jnp.asarray(rng.integers(0, 255, size=(2, 2, 32, 32, 3)), jnp.uint8)
@@ -108,7 +151,7 @@ def test_model_rollout_matches_recomputed_autoregression():
   got = model.rollout(z, a, 3)  # 2 context frames, 3 predicted
   seq = z
   for h in range(3):
-    nxt = layer_norm(model.predictor(seq, a[:, :seq.shape[1]])[:, -1])
+    nxt = layer_norm(model.predictor(seq, a[:, : seq.shape[1]])[:, -1])
     np.testing.assert_allclose(got[:, h], nxt, atol=5e-5, err_msg=f"horizon {h + 1}")
     seq = jnp.concatenate([seq, nxt[:, None]], axis=1)
 
@@ -116,11 +159,21 @@ def test_model_rollout_matches_recomputed_autoregression():
 @pytest.mark.slow
 def test_jepa_then_ac_train_evaluate_and_clear_errors(tmp_path, dataset, jepa_tiny):
   jepa, ac = jepa_tiny, tmp_path / "ac"
-  r = run_cli("worldmodel.train", "--config=experiments/ac.py:tiny", f"--workdir={tmp_path / 'noenc'}",
-              f"--config.data.dir={dataset}")
+  r = run_cli(
+    "worldmodel.train",
+    "--config=experiments/ac.py:tiny",
+    f"--workdir={tmp_path / 'noenc'}",
+    f"--config.data.dir={dataset}",
+  )
   assert r.returncode != 0 and "model.encoder_source" in r.stderr, r.stderr[-2000:]
-  r = run_cli("worldmodel.train", "--config=experiments/ac.py:tiny", f"--workdir={ac}", f"--config.data.dir={dataset}",
-              f"--config.model.encoder_source={jepa}", "--config.total_steps=20")
+  r = run_cli(
+    "worldmodel.train",
+    "--config=experiments/ac.py:tiny",
+    f"--workdir={ac}",
+    f"--config.data.dir={dataset}",
+    f"--config.model.encoder_source={jepa}",
+    "--config.total_steps=20",
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   assert "frozen encoder: target encoder of" in r.stdout
   rows = [json.loads(x) for x in open(ac / "metrics.jsonl")]
@@ -151,18 +204,47 @@ def test_jepa_then_ac_train_evaluate_and_clear_errors(tmp_path, dataset, jepa_ti
 def test_plan_cli_in_mujoco_end_to_end(tmp_path):
   pytest.importorskip("dm_control")
   data, jepa, ac = tmp_path / "reacher", tmp_path / "jepa", tmp_path / "ac"
-  r = run_cli("worldmodel.data.generate", "--source=dmc:reacher-easy", f"--out={data}", "--episodes=16", "--frames=8",
-              "--size=64", "--seed=0")
+  r = run_cli(
+    "worldmodel.data.generate",
+    "--source=dmc:reacher-easy",
+    f"--out={data}",
+    "--episodes=16",
+    "--frames=8",
+    "--size=64",
+    "--seed=0",
+  )
   assert r.returncode == 0, r.stderr[-2000:]
-  r = run_cli("worldmodel.train", "--config=experiments/jepa.py:tiny", f"--workdir={jepa}", f"--config.data.dir={data}",
-              "--config.total_steps=4")
+  r = run_cli(
+    "worldmodel.train",
+    "--config=experiments/jepa.py:tiny",
+    f"--workdir={jepa}",
+    f"--config.data.dir={data}",
+    "--config.total_steps=4",
+  )
   assert r.returncode == 0, r.stderr[-2000:]
-  r = run_cli("worldmodel.train", "--config=experiments/ac.py:tiny", f"--workdir={ac}", f"--config.data.dir={data}",
-              f"--config.model.encoder_source={jepa}", "--config.total_steps=4")
+  r = run_cli(
+    "worldmodel.train",
+    "--config=experiments/ac.py:tiny",
+    f"--workdir={ac}",
+    f"--config.data.dir={data}",
+    f"--config.model.encoder_source={jepa}",
+    "--config.total_steps=4",
+  )
   assert r.returncode == 0, r.stderr[-2000:]
   # Rollouts from the last 2 frames (and the action between them), squared-distance cost.
-  r = run_cli("worldmodel.plan", f"--workdir={ac}", "--env=dmc:reacher-easy", "--episodes=2", "--steps=4",
-              "--horizon=3", "--samples=8", "--iterations=2", "--elites=2", "--context=2", "--cost=l2")
+  r = run_cli(
+    "worldmodel.plan",
+    f"--workdir={ac}",
+    "--env=dmc:reacher-easy",
+    "--episodes=2",
+    "--steps=4",
+    "--horizon=3",
+    "--samples=8",
+    "--iterations=2",
+    "--elites=2",
+    "--context=2",
+    "--cost=l2",
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   m = json.load(open(ac / "plan" / "4" / "metrics.json"))
   assert m["context"] == 2 and m["cost"] == "l2"
@@ -171,8 +253,18 @@ def test_plan_cli_in_mujoco_end_to_end(tmp_path):
   assert os.path.getsize(m["media"]["episode_mp4"]) > 1000 and os.path.getsize(m["media"]["distance_png"]) > 1000
   # The diagnostic modes: true physics with the learned cost (on the host), and the planner's ceiling.
   for dynamics in ("simulator", "oracle"):
-    r = run_cli("worldmodel.plan", f"--workdir={ac}", "--env=dmc:reacher-easy", "--episodes=1", "--steps=2",
-                "--horizon=3", "--samples=8", "--iterations=2", "--elites=2", f"--dynamics={dynamics}")
+    r = run_cli(
+      "worldmodel.plan",
+      f"--workdir={ac}",
+      "--env=dmc:reacher-easy",
+      "--episodes=1",
+      "--steps=2",
+      "--horizon=3",
+      "--samples=8",
+      "--iterations=2",
+      "--elites=2",
+      f"--dynamics={dynamics}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.load(open(ac / "plan" / f"4-{dynamics}" / "metrics.json"))
     assert m["dynamics"] == dynamics and np.isfinite(m["final_distance"])

@@ -1,10 +1,11 @@
 """The CLIs restart under tcmalloc when it is installed (worldmodel/allocator.py), and can be told not to."""
+
 import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, cli_env
+
 from worldmodel import allocator
 
 _PROBE = "from worldmodel import allocator; allocator.use_tcmalloc(); print(allocator.active())"

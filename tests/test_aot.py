@@ -1,4 +1,5 @@
 """The fit check compiles the sharded train step for a fake device count and reports per-device memory."""
+
 import json
 
 from conftest import run_cli

@@ -1,4 +1,5 @@
 """The CPU attention kernel equals jax.nn.dot_product_attention, values and gradients, with and without masks."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

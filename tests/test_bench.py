@@ -1,4 +1,5 @@
 """The benchmark CLI prints one JSON line last with the documented keys (numbers are for BUILD_NOTES, not asserted)."""
+
 import json
 
 from conftest import run_cli
@@ -10,7 +11,6 @@ def test_bench_prints_step_and_loader_figures():
   result = json.loads(r.stdout.strip().splitlines()[-1])
   for key in ("step_time_s", "clips_per_s", "flops_per_step", "peak_flops_per_s", "mfu", "data_wait_frac"):
     assert result[key] > 0 or key == "data_wait_frac", key
-  r = run_cli("worldmodel.bench", "--config=experiments/tokenizer.py:tiny", "--loader_workers=0",
-              "--loader_batches=3")
+  r = run_cli("worldmodel.bench", "--config=experiments/tokenizer.py:tiny", "--loader_workers=0", "--loader_batches=3")
   assert r.returncode == 0, r.stderr[-2000:]
   assert json.loads(r.stdout.strip().splitlines()[-1])["loader_clips_per_s"]["0"] > 0

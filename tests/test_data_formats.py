@@ -1,4 +1,5 @@
 """Foreign TFDS / RLDS datasets, mixtures, resizing and corrupt files through the same pipeline."""
+
 import os
 import shutil
 
@@ -6,31 +7,46 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-
 from conftest import make_dataset, run_cli
+
 from worldmodel.data import pipeline, records
 
 
 class RldsToy(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """RLDS layout (episodes of `steps` with observation/image and action), written without TensorFlow."""
+
   VERSION = tfds.core.Version("1.0.0")
   code_path = None  # TFDS probes the builder's source file otherwise
 
   def _info(self):
-    step = {"observation": {"image": tfds.features.Tensor(shape=(48, 40, 3), dtype=np.uint8, encoding="bytes"),
-                            "joint": tfds.features.Tensor(shape=(3,), dtype=np.float32)},
-            "action": tfds.features.Tensor(shape=(2,), dtype=np.float32)}
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-        {"steps": tfds.features.Dataset(step)}))
+    step = {
+      "observation": {
+        "image": tfds.features.Tensor(shape=(48, 40, 3), dtype=np.uint8, encoding="bytes"),
+        "joint": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+      },
+      "action": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+    }
+    return tfds.core.DatasetInfo(
+      builder=self, features=tfds.features.FeaturesDict({"steps": tfds.features.Dataset(step)})
+    )
 
   def _split_generators(self, dl_manager):
     return {"train": self._generate_examples(0, 6), "test": self._generate_examples(6, 8)}
 
   def _generate_examples(self, lo, hi):
     for i in range(lo, hi):
-      yield i, {"steps": [{"observation": {"image": np.full((48, 40, 3), 10 * t + i, np.uint8),
-                                           "joint": np.full(3, t, np.float32)},
-                           "action": np.full(2, t + 0.5, np.float32)} for t in range(8 + i)]}
+      yield (
+        i,
+        {
+          "steps": [
+            {
+              "observation": {"image": np.full((48, 40, 3), 10 * t + i, np.uint8), "joint": np.full(3, t, np.float32)},
+              "action": np.full(2, t + 0.5, np.float32),
+            }
+            for t in range(8 + i)
+          ]
+        },
+      )
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +60,18 @@ RLDS_FEATURES = dict(video="steps/observation/image", action="steps/action", sta
 
 
 def _cfg(data_dir, **kw):
-  base = dict(dir=data_dir, train_split="train", num_frames=4, frame_stride=1, resize=0, weights=(),
-              features=dict(video="", action="", state="", reward=""), read_threads=1, prefetch=2, workers=0)
+  base = dict(
+    dir=data_dir,
+    train_split="train",
+    num_frames=4,
+    frame_stride=1,
+    resize=0,
+    weights=(),
+    features=dict(video="", action="", state="", reward=""),
+    read_threads=1,
+    prefetch=2,
+    workers=0,
+  )
   base.update(kw)
   return ml_collections.ConfigDict(base)
 
@@ -63,20 +89,33 @@ def test_rlds_layout_is_read_through_a_feature_mapping(rlds_dir):
 def test_rlds_clips_are_cropped_and_resized(rlds_dir):
   cfg = _cfg(rlds_dir, resize=32, features=RLDS_FEATURES)
   assert pipeline.frame_size(cfg) == 32
-  batch = next(iter(pipeline.train_dataset(cfg, seed=0, global_batch=4, start_step=0, num_steps=1,
-                                           process_index=0, process_count=1)))
+  batch = next(
+    iter(
+      pipeline.train_dataset(cfg, seed=0, global_batch=4, start_step=0, num_steps=1, process_index=0, process_count=1)
+    )
+  )
   assert batch["video"].shape == (4, 4, 32, 32, 3) and batch["action"].shape == (4, 4, 2)
   # frames are flat colours, so the area resize keeps each frame's value: video and action stay aligned
-  np.testing.assert_array_equal((batch["video"][:, :, 0, 0, 0] % 10).astype(np.float32) * 0 +
-                                batch["video"][:, :, 0, 0, 0] // 10, batch["action"][:, :, 0] - 0.5)
+  np.testing.assert_array_equal(
+    (batch["video"][:, :, 0, 0, 0] % 10).astype(np.float32) * 0 + batch["video"][:, :, 0, 0, 0] // 10,
+    batch["action"][:, :, 0] - 0.5,
+  )
 
 
 @pytest.mark.slow
 def test_tokenizer_trains_and_evaluates_on_an_rlds_dataset(rlds_dir, tmp_path):
-  args = [f"--config.data.dir={rlds_dir}", "--config.data.resize=64",
-          *[f"--config.data.features.{k}={v}" for k, v in RLDS_FEATURES.items()]]
-  r = run_cli("worldmodel.train", "--config=experiments/tokenizer.py:tiny", f"--workdir={tmp_path / 'w'}",
-              "--config.total_steps=3", *args)
+  args = [
+    f"--config.data.dir={rlds_dir}",
+    "--config.data.resize=64",
+    *[f"--config.data.features.{k}={v}" for k, v in RLDS_FEATURES.items()],
+  ]
+  r = run_cli(
+    "worldmodel.train",
+    "--config=experiments/tokenizer.py:tiny",
+    f"--workdir={tmp_path / 'w'}",
+    "--config.total_steps=3",
+    *args,
+  )
   assert r.returncode == 0, r.stderr[-2000:]
   r = run_cli("worldmodel.evaluate", f"--workdir={tmp_path / 'w'}", "--split=test")
   assert r.returncode == 0 and "psnr" in r.stdout, r.stderr[-2000:]
@@ -84,11 +123,13 @@ def test_tokenizer_trains_and_evaluates_on_an_rlds_dataset(rlds_dir, tmp_path):
 
 def test_mixture_weights_pick_datasets(tmp_path, dataset):
   other = make_dataset(str(tmp_path / "other"), episodes=8, frames=16, size=64)
+
   def sources_of(weights):
     cfg = _cfg(f"{dataset},{other}", weights=weights)
     srcs = pipeline.open_sources(cfg, "train")
     sampler = pipeline.ClipSampler(srcs, 0, 4, 1, weights=pipeline.mixture_weights(cfg, 2))
     return [sampler.locate(g)[0] for g in range(200)]
+
   assert set(sources_of((1.0, 0.0))) == {0}
   mixed = sources_of((0.25, 0.75))
   assert 0.6 < np.mean(mixed) < 0.9
@@ -105,11 +146,16 @@ def test_datasets_of_different_sizes_need_a_resize(tmp_path, dataset):
 
 def test_resume_on_another_process_count_has_no_repeat_and_no_gap(dataset):
   cfg = _cfg(dataset)
-  straight = list(pipeline.train_dataset(cfg, seed=5, global_batch=8, start_step=0, num_steps=6,
-                                         process_index=0, process_count=1))
+  straight = list(
+    pipeline.train_dataset(cfg, seed=5, global_batch=8, start_step=0, num_steps=6, process_index=0, process_count=1)
+  )
   for n in (2, 4):
-    parts = [list(pipeline.train_dataset(cfg, seed=5, global_batch=8, start_step=3, num_steps=3,
-                                         process_index=p, process_count=n)) for p in range(n)]
+    parts = [
+      list(
+        pipeline.train_dataset(cfg, seed=5, global_batch=8, start_step=3, num_steps=3, process_index=p, process_count=n)
+      )
+      for p in range(n)
+    ]
     for k in range(3):
       joined = np.concatenate([parts[p][k]["state"] for p in range(n)])
       np.testing.assert_array_equal(joined, straight[3 + k]["state"])

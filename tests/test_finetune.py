@@ -1,23 +1,32 @@
 """Fine-tuning a pretrained encoder: frozen / partial / full modes, layer-wise lr decay, state regression and clip
 classification (labels from class folders of real video files), end to end through the train / evaluate CLIs."""
+
 import json
 
 import av
 import jax
 import numpy as np
 import pytest
-from flax import nnx
-
 from conftest import experiment_config, run_cli
+
 from worldmodel import runtime
 from worldmodel.objectives import finetune, finetune_eval
+
 
 def _config(variant: str):
   """finetune.py:VARIANT with the encoder block a tiny JEPA run would resolve to (no source needed)."""
   c = experiment_config("finetune", variant)
   jepa = experiment_config("jepa", "tiny").model
-  c.model.encoder_model = dict(frames=4, size=jepa.size, tubelet=jepa.tubelet, pos="sincos", dtype="float32",
-                               remat="none", scan_layers=False, encoder=jepa.encoder.to_dict())
+  c.model.encoder_model = dict(
+    frames=4,
+    size=jepa.size,
+    tubelet=jepa.tubelet,
+    pos="sincos",
+    dtype="float32",
+    remat="none",
+    scan_layers=False,
+    encoder=jepa.encoder.to_dict(),
+  )
   c.model.size = jepa.size
   c.model.update(state_dim=3, state_mean=[0.0] * 3, state_std=[1.0] * 3)
   return c
@@ -56,8 +65,9 @@ def test_layer_decay_scales_each_block_step():
   assert float(scales["head"]["out"]["kernel"]) == 1.0
   assert float(scales["encoder"]["norm"]["scale"]) == 1.0
   assert float(scales["encoder"]["patch_embed"]["kernel"]) == 0.5 ** (depth + 1)
-  assert [float(scales["encoder"]["blocks"]["blocks"][i]["mlp"]["up"]["kernel"]) for i in range(depth)] == \
-      [0.5 ** (depth - i) for i in range(depth)]
+  assert [float(scales["encoder"]["blocks"]["blocks"][i]["mlp"]["up"]["kernel"]) for i in range(depth)] == [
+    0.5 ** (depth - i) for i in range(depth)
+  ]
   # The optimizer applies them: one step with equal gradients moves the patch embedding 2^(depth+1)× less.
   state = rt.init_fn()
   grads = jax.tree.map(lambda p: np.ones(p.shape, np.float32), state["params"])
@@ -68,8 +78,9 @@ def test_layer_decay_scales_each_block_step():
   np.testing.assert_allclose(embed / head, 0.5 ** (depth + 1), rtol=1e-4)
   c.model.scan_layers = c.model.encoder_model.scan_layers = True  # scanned: a multiplier per stacked layer
   scanned = finetune.lr_scales(c, runtime.build(c).abstract_state["params"])
-  assert scanned["encoder"]["blocks"]["blocks"]["mlp"]["up"]["kernel"].reshape(-1).tolist() == \
-      [0.5 ** (depth - i) for i in range(depth)]
+  assert scanned["encoder"]["blocks"]["blocks"]["mlp"]["up"]["kernel"].reshape(-1).tolist() == [
+    0.5 ** (depth - i) for i in range(depth)
+  ]
 
 
 def test_bad_finetune_configs_are_rejected():
@@ -95,8 +106,13 @@ def test_classification_metrics():
 @pytest.mark.slow
 def test_frozen_probe_and_full_finetune_from_a_jepa_run(tmp_path, dataset, jepa_workdir):
   w = tmp_path / "probe"
-  r = run_cli("worldmodel.train", "--config=experiments/finetune.py:tiny", f"--workdir={w}",
-              f"--config.data.dir={dataset}", f"--config.init.source={jepa_workdir}")
+  r = run_cli(
+    "worldmodel.train",
+    "--config=experiments/finetune.py:tiny",
+    f"--workdir={w}",
+    f"--config.data.dir={dataset}",
+    f"--config.init.source={jepa_workdir}",
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   assert "encoder from" in r.stdout and "frozen: 0 of its weights train" in r.stdout
   rows = [json.loads(x) for x in open(w / "metrics.jsonl")]
@@ -108,13 +124,23 @@ def test_frozen_probe_and_full_finetune_from_a_jepa_run(tmp_path, dataset, jepa_
   assert (w / "eval" / "300" / "r2.png").exists()
   # full fine-tune with layer-wise decay, starting from the probe run's encoder (a fine-tune workdir as source)
   full = tmp_path / "full"
-  r = run_cli("worldmodel.train", "--config=experiments/finetune.py:tiny,full", f"--workdir={full}",
-              f"--config.data.dir={dataset}", f"--config.init.source={w}", "--config.total_steps=20")
+  r = run_cli(
+    "worldmodel.train",
+    "--config=experiments/finetune.py:tiny,full",
+    f"--workdir={full}",
+    f"--config.data.dir={dataset}",
+    f"--config.init.source={w}",
+    "--config.total_steps=20",
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   assert "full: " in r.stdout
   # no source, and a source without an encoder: clear errors
-  r = run_cli("worldmodel.train", "--config=experiments/finetune.py:tiny", f"--workdir={tmp_path / 'x'}",
-              f"--config.data.dir={dataset}")
+  r = run_cli(
+    "worldmodel.train",
+    "--config=experiments/finetune.py:tiny",
+    f"--workdir={tmp_path / 'x'}",
+    f"--config.data.dir={dataset}",
+  )
   assert r.returncode != 0 and "init.source" in r.stderr, r.stderr[-2000:]
 
 
@@ -130,7 +156,7 @@ def _write_clip(path, color, frames: int = 12, size: int = 48, seed: int = 0):
     for t in range(frames):
       img = np.full((size, size, 3), 90, np.uint8)
       cx, cy = np.clip([x + dx * t, y + dy * t], 0, size - 12)
-      img[cy:cy + 12, cx:cx + 12] = color
+      img[cy : cy + 12, cx : cx + 12] = color
       for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
         out.mux(packet)
     for packet in stream.encode():
@@ -144,19 +170,38 @@ def test_clip_classification_from_class_folders(tmp_path, dataset, jepa_workdir)
     for i in range(10):
       _write_clip(tmp_path / "videos" / name / f"clip{i}.mp4", color, seed=i)
   data = tmp_path / "labelled"
-  r = run_cli("worldmodel.data.generate", f"--source=video:{tmp_path}/videos/*/*.mp4", f"--out={data}",
-              "--size=64", "--frames=8", "--labels=dirname", "--test_fraction=0.3", "--val_fraction=0")
+  r = run_cli(
+    "worldmodel.data.generate",
+    f"--source=video:{tmp_path}/videos/*/*.mp4",
+    f"--out={data}",
+    "--size=64",
+    "--frames=8",
+    "--labels=dirname",
+    "--test_fraction=0.3",
+    "--val_fraction=0",
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   assert json.load(open(data / "worldmodel.json"))["classes"] == ["blue", "red"]
   w = tmp_path / "cls"
-  r = run_cli("worldmodel.train", "--config=experiments/finetune.py:tiny,partial,classify", f"--workdir={w}",
-              f"--config.data.dir={data}", f"--config.init.source={jepa_workdir}", "--config.total_steps=60")
+  r = run_cli(
+    "worldmodel.train",
+    "--config=experiments/finetune.py:tiny,partial,classify",
+    f"--workdir={w}",
+    f"--config.data.dir={data}",
+    f"--config.init.source={jepa_workdir}",
+    "--config.total_steps=60",
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   r = run_cli("worldmodel.evaluate", f"--workdir={w}", "--split=test")
   assert r.returncode == 0, r.stderr[-3000:]
   m = json.load(open(w / "eval" / "60" / "metrics.json"))
   assert m["accuracy"] >= 0.9 and m["num_clips"] >= 2, m
   # a dataset without labels cannot be used for classification
-  r = run_cli("worldmodel.train", "--config=experiments/finetune.py:tiny,classify", f"--workdir={tmp_path / 'y'}",
-              f"--config.data.dir={dataset}", f"--config.init.source={jepa_workdir}")
+  r = run_cli(
+    "worldmodel.train",
+    "--config=experiments/finetune.py:tiny,classify",
+    f"--workdir={tmp_path / 'y'}",
+    f"--config.data.dir={dataset}",
+    f"--config.init.source={jepa_workdir}",
+  )
   assert r.returncode != 0 and "--labels=dirname" in r.stderr, r.stderr[-2000:]

@@ -1,4 +1,5 @@
 """JEPA: masks, positions, EMA target, collapse monitors, and train → evaluate (probes) through the CLIs."""
+
 import json
 import os
 import pathlib
@@ -8,13 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO, experiment_config, run_cli
 from flax import nnx
 
-from conftest import REPO, experiment_config, run_cli
-from worldmodel import config as config_lib
 from worldmodel import metrics, runtime
 from worldmodel.data import masks, pipeline
-from worldmodel.models import positions, vit
+from worldmodel.models import positions
 from worldmodel.objectives import jepa as jepa_obj
 
 TINY = "experiments/jepa.py:tiny"
@@ -28,7 +28,10 @@ def _config(**model):
 
 def test_masks_have_fixed_counts_cover_all_tokens_and_are_reproducible():
   grid = (4, 8, 8)
-  sets = {"short": masks.MaskSet(8, 0.15, (0.75, 1.5), 1.0, 0.25), "long": masks.MaskSet(2, 0.7, (0.75, 1.5), 1.0, 0.09)}
+  sets = {
+    "short": masks.MaskSet(8, 0.15, (0.75, 1.5), 1.0, 0.25),
+    "long": masks.MaskSet(2, 0.7, (0.75, 1.5), 1.0, 0.09),
+  }
   t = masks.MaskTransform(grid, sets, seed=3)
   n = 4 * 8 * 8
   for g in range(20):
@@ -66,10 +69,10 @@ def test_rope_matches_vjepa2_layout_tiled_frequencies_and_adjacent_pairs():
   omega = 1.0 / 10000 ** (np.arange(d // 2) / (d / 2))
   for n in range(2):
     for a in range(3):
-      seg = x[0, n, 0, a * d:(a + 1) * d]
+      seg = x[0, n, 0, a * d : (a + 1) * d]
       f = np.tile(coords[n, a] * omega, 2)
       rot = np.stack([-seg[1::2], seg[0::2]], axis=-1).reshape(-1)
-      want[0, n, 0, a * d:(a + 1) * d] = seg * np.cos(f) + rot * np.sin(f)
+      want[0, n, 0, a * d : (a + 1) * d] = seg * np.cos(f) + rot * np.sin(f)
   np.testing.assert_allclose(got, want, atol=1e-5)
 
 
@@ -86,9 +89,21 @@ def test_ema_target_gets_no_gradient_or_optimizer_state_and_follows_the_encoder(
   state = rt.init_fn()
   assert "target_encoder" not in state["params"] and "target_encoder" in state["extra"]
   assert "target_encoder" not in str(jax.tree_util.tree_structure(state["opt"]))
-  np.testing.assert_array_equal(state["extra"]["target_encoder"]["norm"]["scale"], state["params"]["encoder"]["norm"]["scale"])
-  batch = next(iter(pipeline.train_dataset(config.data, seed=0, global_batch=config.batch_size, start_step=0,
-                                           num_steps=1, transform=runtime.sample_transform(config))))
+  np.testing.assert_array_equal(
+    state["extra"]["target_encoder"]["norm"]["scale"], state["params"]["encoder"]["norm"]["scale"]
+  )
+  batch = next(
+    iter(
+      pipeline.train_dataset(
+        config.data,
+        seed=0,
+        global_batch=config.batch_size,
+        start_step=0,
+        num_steps=1,
+        transform=runtime.sample_transform(config),
+      )
+    )
+  )
   batch = pipeline.to_global(batch, rt.mesh)
   state, _ = rt.train_step(state, batch)  # step 0 has lr 0 (warmup from 0): take the second step
   before = jax.tree.map(np.asarray, state)
@@ -99,8 +114,13 @@ def test_ema_target_gets_no_gradient_or_optimizer_state_and_follows_the_encoder(
   want = m * pick(before["extra"]["target_encoder"]) + (1 - m) * pick(jax.device_get(new["params"]["encoder"]))
   np.testing.assert_allclose(pick(jax.device_get(new["extra"]["target_encoder"])), want, rtol=1e-6, atol=1e-7)
   assert not np.allclose(pick(jax.device_get(new["params"]["encoder"])), pick(before["params"]["encoder"]))
-  for key in ("monitor/target_std", "monitor/pred_std", "monitor/rankme", "monitor/cross_cosine",
-              "monitor/ema_distance"):
+  for key in (
+    "monitor/target_std",
+    "monitor/pred_std",
+    "monitor/rankme",
+    "monitor/cross_cosine",
+    "monitor/ema_distance",
+  ):
     assert np.isfinite(float(logs[key])), key
 
 
@@ -109,8 +129,18 @@ def test_collapse_monitors_flag_a_collapsed_encoder(dataset):
   config.data.dir = dataset
   rt = runtime.build(config)
   state = rt.init_fn()
-  batch = next(iter(pipeline.train_dataset(config.data, seed=0, global_batch=config.batch_size, start_step=0,
-                                           num_steps=1, transform=runtime.sample_transform(config))))
+  batch = next(
+    iter(
+      pipeline.train_dataset(
+        config.data,
+        seed=0,
+        global_batch=config.batch_size,
+        start_step=0,
+        num_steps=1,
+        transform=runtime.sample_transform(config),
+      )
+    )
+  )
   batch = pipeline.to_global(batch, rt.mesh)
   healthy = {k: float(v) for k, v in rt.eval_step(state, batch).items() if k.startswith("monitor/")}
   assert metrics.collapse_warnings(healthy) == [], healthy
@@ -151,8 +181,13 @@ def test_jepa_train_evaluate_probes_and_bad_mask_config(tmp_path, dataset, jepa_
       assert set(m["probe_r2"][kind][enc]) >= {"agent_pos", "ball_pos", "all"}
   assert os.path.getsize(m["media"]["probe_r2_linear_png"]) > 1000
 
-  r = run_cli("worldmodel.train", f"--config={TINY}", f"--workdir={tmp_path / 'bad'}", f"--config.data.dir={dataset}",
-              "--config.model.masks.long.keep=0.8")
+  r = run_cli(
+    "worldmodel.train",
+    f"--config={TINY}",
+    f"--workdir={tmp_path / 'bad'}",
+    f"--config.data.dir={dataset}",
+    "--config.model.masks.long.keep=0.8",
+  )
   assert r.returncode != 0 and "keep=0.8 asks for" in r.stderr, r.stderr[-2000:]
   assert not (tmp_path / "bad" / "checkpoints").exists()
 
@@ -160,9 +195,17 @@ def test_jepa_train_evaluate_probes_and_bad_mask_config(tmp_path, dataset, jepa_
 def test_non_finite_loss_stops_with_a_diagnostic_and_keeps_the_last_checkpoint(tmp_path, dataset, jepa_tiny):
   w = tmp_path / "nan"
   shutil.copytree(jepa_tiny, w)  # a finished 20-step run (checkpoints 10 and 20), continued with a diverging lr
-  r = run_cli("worldmodel.train", f"--config={TINY}", f"--workdir={w}", f"--config.data.dir={dataset}",
-              "--config.checkpoint.every_steps=10", "--config.total_steps=30", "--config.optim.lr=1e30",
-              "--config.optim.grad_clip=1e30", "--config.log_every_steps=1")
+  r = run_cli(
+    "worldmodel.train",
+    f"--config={TINY}",
+    f"--workdir={w}",
+    f"--config.data.dir={dataset}",
+    "--config.checkpoint.every_steps=10",
+    "--config.total_steps=30",
+    "--config.optim.lr=1e30",
+    "--config.optim.grad_clip=1e30",
+    "--config.log_every_steps=1",
+  )
   assert r.returncode != 0
   assert "non-finite" in r.stderr and "at step 21;" in r.stderr, r.stderr[-2000:]
   assert sorted(os.listdir(w / "checkpoints")) == ["10", "20"]
@@ -180,20 +223,36 @@ def test_init_source_warm_starts_from_a_workdir_and_refuses_other_shapes(tmp_pat
   assert r.returncode == 0, r.stderr[-3000:]
   assert "initialised params/encoder, params/predictor, extra/target_encoder from" in r.stdout, r.stdout
   from worldmodel.checkpoint import read_newest
+
   (_, a), (_, b) = read_newest(str(src)), read_newest(str(dst))
   for x, y in zip(jax.tree.leaves(a["params"]["encoder"]), jax.tree.leaves(b["params"]["encoder"])):
     np.testing.assert_array_equal(x, y)
-  r = run_cli("worldmodel.train", *common, f"--workdir={bad}", "--config.total_steps=1", f"--config.init.source={src}",
-              "--config.model.encoder.width=64", "--config.model.encoder.heads=2")
-  assert r.returncode != 0 and "does not match the model" in r.stderr and "checkpoint (128" in r.stderr, r.stderr[-2000:]
-  r = run_cli("worldmodel.train", *common, f"--workdir={bad}", "--config.total_steps=1",
-              f"--config.init.source={tmp_path / 'weights.bin'}")
+  r = run_cli(
+    "worldmodel.train",
+    *common,
+    f"--workdir={bad}",
+    "--config.total_steps=1",
+    f"--config.init.source={src}",
+    "--config.model.encoder.width=64",
+    "--config.model.encoder.heads=2",
+  )
+  assert r.returncode != 0 and "does not match the model" in r.stderr and "checkpoint (128" in r.stderr, r.stderr[
+    -2000:
+  ]
+  r = run_cli(
+    "worldmodel.train",
+    *common,
+    f"--workdir={bad}",
+    "--config.total_steps=1",
+    f"--config.init.source={tmp_path / 'weights.bin'}",
+  )
   assert r.returncode != 0 and "supported:" in r.stderr, r.stderr[-2000:]
 
 
 @pytest.mark.parametrize("remat", ["full", "dots"])
 def test_remat_policies_give_the_same_gradients(remat):
   from worldmodel.models.vit import VideoViT
+
   grads = {}
   for policy in ("none", remat):
     config = _config(remat=policy)

@@ -1,4 +1,5 @@
 """A real multi-process run on localhost (launch/local.py, jax.distributed, gloo): same losses as one process."""
+
 import json
 import os
 import shutil
@@ -7,16 +8,25 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO, cli_env, local_launch_cmd
+
 from worldmodel.checkpoint import read_numpy
 
 
 def _launch(num_processes, devices, workdir, data, steps=4):
   # checkpoint.every_steps=2: the 4-step runs leave a checkpoint at step 4 for the topology-change continuation
-  cmd = local_launch_cmd(num_processes, devices, "worldmodel.train", "--config=experiments/tokenizer.py:tiny",
-                         f"--workdir={workdir}", f"--config.data.dir={data}", f"--config.total_steps={steps}",
-                         "--config.log_every_steps=1", "--config.mesh.fsdp=2", "--config.checkpoint.every_steps=2")
+  cmd = local_launch_cmd(
+    num_processes,
+    devices,
+    "worldmodel.train",
+    "--config=experiments/tokenizer.py:tiny",
+    f"--workdir={workdir}",
+    f"--config.data.dir={data}",
+    f"--config.total_steps={steps}",
+    "--config.log_every_steps=1",
+    "--config.mesh.fsdp=2",
+    "--config.checkpoint.every_steps=2",
+  )
   return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=cli_env())
 
 
@@ -53,12 +63,14 @@ def test_two_processes_match_one_process(tmp_path, dataset):
 def _params(workdir, step):
   tree = read_numpy(os.path.join(workdir, "checkpoints", str(step), "state"))
   out = {}
+
   def walk(x, k):
     if isinstance(x, dict):
       for kk, v in x.items():
         walk(v, f"{k}/{kk}")
     else:
       out[k] = np.asarray(x)
+
   walk(tree["params"], "")
   return out
 
@@ -70,16 +82,30 @@ def test_a_failing_process_stops_the_job_with_its_exit_code(tmp_path):
 
 
 def _solo(tmp_path, data, process_id, port, *extra):
-  cmd = [sys.executable, "-m", "worldmodel.train", "--config=experiments/tokenizer.py:tiny",
-         f"--workdir={tmp_path / 'w'}", f"--config.data.dir={data}", "--config.total_steps=100000",
-         "--config.log_every_steps=1", "--config.checkpoint.every_steps=100000", f"--coordinator_address=localhost:{port}",
-         "--num_processes=2", f"--process_id={process_id}", "--cpu_devices=1", "--init_timeout_s=8",
-         "--heartbeat_timeout_s=5", *extra]
+  cmd = [
+    sys.executable,
+    "-m",
+    "worldmodel.train",
+    "--config=experiments/tokenizer.py:tiny",
+    f"--workdir={tmp_path / 'w'}",
+    f"--config.data.dir={data}",
+    "--config.total_steps=100000",
+    "--config.log_every_steps=1",
+    "--config.checkpoint.every_steps=100000",
+    f"--coordinator_address=localhost:{port}",
+    "--num_processes=2",
+    f"--process_id={process_id}",
+    "--cpu_devices=1",
+    "--init_timeout_s=8",
+    "--heartbeat_timeout_s=5",
+    *extra,
+  ]
   return subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _free_port():
   import socket
+
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
@@ -87,6 +113,7 @@ def _free_port():
 
 def test_a_peer_that_never_arrives_stops_the_others_in_bounded_time(tmp_path, dataset):
   import time
+
   t0 = time.time()
   p = _solo(tmp_path, dataset, 0, _free_port())
   out, _ = p.communicate(timeout=120)
@@ -97,6 +124,7 @@ def test_a_peer_that_never_arrives_stops_the_others_in_bounded_time(tmp_path, da
 def test_a_peer_that_dies_mid_run_stops_the_others_in_bounded_time(tmp_path, dataset):
   import threading
   import time
+
   port = _free_port()
   p0, p1 = _solo(tmp_path, dataset, 0, port), _solo(tmp_path, dataset, 1, port)
   lines = []

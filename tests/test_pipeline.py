@@ -1,4 +1,5 @@
 """The grain pipeline: deterministic for a seed, topology-free, process slices disjoint and covering the batch."""
+
 import ml_collections
 import numpy as np
 import pytest
@@ -7,13 +8,23 @@ from worldmodel.data import pipeline, records
 
 
 def _data_cfg(data_dir, num_frames=4, stride=2):
-  return ml_collections.ConfigDict(dict(dir=data_dir, train_split="train", num_frames=num_frames,
-                                        frame_stride=stride, read_threads=2, prefetch=2, workers=0))
+  return ml_collections.ConfigDict(
+    dict(
+      dir=data_dir,
+      train_split="train",
+      num_frames=num_frames,
+      frame_stride=stride,
+      read_threads=2,
+      prefetch=2,
+      workers=0,
+    )
+  )
 
 
 def _batches(cfg, *, seed=0, global_batch=8, start=0, steps=3, p=0, n=1):
-  it = pipeline.train_dataset(cfg, seed=seed, global_batch=global_batch, start_step=start, num_steps=steps,
-                              process_index=p, process_count=n)
+  it = pipeline.train_dataset(
+    cfg, seed=seed, global_batch=global_batch, start_step=start, num_steps=steps, process_index=p, process_count=n
+  )
   return list(it)
 
 

@@ -2,6 +2,7 @@
 
 GoalEnv tests are skipped when dm_control is not installed (`make install-dmc`).
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,12 +18,12 @@ def _quadratic(actions_NHA):
   return jnp.sum(jnp.square(actions_NHA - TARGET_HA), axis=(1, 2))
 
 
-@pytest.mark.parametrize("name,kwargs,tol", [("cem", {"elites": 16}, 0.1),
-                                             ("mppi", {"temperature": 0.1}, 0.5)])
+@pytest.mark.parametrize("name,kwargs,tol", [("cem", {"elites": 16}, 0.1), ("mppi", {"temperature": 0.1}, 0.5)])
 def test_planner_minimises_quadratic(name, kwargs, tol):
   planner = getattr(planning, name)
-  plan = jax.jit(lambda key: planner(_quadratic, key, horizon=8, low_A=LOW_A, high_A=HIGH_A,
-                                     samples=128, iterations=10, **kwargs))
+  plan = jax.jit(
+    lambda key: planner(_quadratic, key, horizon=8, low_A=LOW_A, high_A=HIGH_A, samples=128, iterations=10, **kwargs)
+  )
   mean_HA, info = plan(jax.random.key(0))
   start, final = float(_quadratic(jnp.zeros((1, 8, 2)))[0]), float(_quadratic(mean_HA[None])[0])
   assert final < start / 10, (start, final)
@@ -33,8 +34,15 @@ def test_planner_minimises_quadratic(name, kwargs, tol):
 
 def test_cem_respects_bounds_and_warm_start():
   far_HA = np.full((8, 2), 3.0, np.float32)  # optimum outside the box: the plan sits on the bound
-  mean_HA, info = planning.cem(lambda a: jnp.sum(jnp.square(a - far_HA), (1, 2)), jax.random.key(0),
-                               horizon=8, low_A=LOW_A, high_A=HIGH_A, iterations=8, init_mean_HA=TARGET_HA)
+  mean_HA, info = planning.cem(
+    lambda a: jnp.sum(jnp.square(a - far_HA), (1, 2)),
+    jax.random.key(0),
+    horizon=8,
+    low_A=LOW_A,
+    high_A=HIGH_A,
+    iterations=8,
+    init_mean_HA=TARGET_HA,
+  )
   assert np.all(np.asarray(mean_HA) <= HIGH_A) and np.asarray(mean_HA).min() > 0.5
   assert np.all(np.asarray(info["best_HA"]) <= HIGH_A)
   assert info["elite_cost_I"].shape == (8,) and np.all(np.diff(info["elite_cost_I"]) <= 1e-4)
@@ -50,18 +58,21 @@ def test_shift_plan():
 def env():
   pytest.importorskip("dm_control")
   from worldmodel.envs import dmc_goal
+
   return dmc_goal.GoalEnv("reacher-easy", size=64)  # one env (and renderer) for this module
 
 
 def test_unknown_task_lists_supported():
   pytest.importorskip("dm_control")
   from worldmodel.envs import dmc_goal
+
   with pytest.raises(ValueError, match="reacher-easy"):
     dmc_goal.GoalEnv("walker-walk")
 
 
 def test_reset_is_a_function_of_the_seed_and_matches_the_dataset(env):
   from worldmodel.data.sources import dmc
+
   a, state_a, goal_a = env.reset(5), env.state(), env.goal_frame()
   other = env.reset(6)
   b, state_b, goal_b = env.reset(5), env.state(), env.goal_frame()
@@ -111,8 +122,17 @@ def test_oracle_mpc_reaches_the_goal_random_does_not(env):
 
   @jax.jit
   def plan(obs_CHWC, goal_HWC, key, warm_HA, past_KA):  # frames unused: the oracle reads the true state
-    mean_HA, info = planning.cem(cost_fn, key, horizon=horizon, low_A=env.low_A, high_A=env.high_A,
-                                 samples=32, elites=4, iterations=3, init_mean_HA=warm_HA)
+    mean_HA, info = planning.cem(
+      cost_fn,
+      key,
+      horizon=horizon,
+      low_A=env.low_A,
+      high_A=env.high_A,
+      samples=32,
+      elites=4,
+      iterations=3,
+      init_mean_HA=warm_HA,
+    )
     return info["best_HA"]
 
   mpc, rand = [], []

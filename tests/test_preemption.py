@@ -1,4 +1,5 @@
 """Preemption and damaged checkpoints: SIGTERM saves and exits 0; a corrupt newest checkpoint falls back."""
+
 import os
 import signal
 import subprocess
@@ -8,8 +9,8 @@ import time
 import jax
 import numpy as np
 import pytest
-
 from conftest import REPO, cli_env, local_launch_cmd, run_cli
+
 from worldmodel.checkpoint import read_numpy
 
 
@@ -32,9 +33,17 @@ def _pid_of(args):
 @pytest.mark.slow
 def test_sigterm_checkpoints_at_the_next_step_and_exits_zero(tmp_path, dataset):
   w = tmp_path / "w"
-  cmd = [sys.executable, "-m", "worldmodel.train", "--config=experiments/tokenizer.py:tiny", f"--workdir={w}",
-         f"--config.data.dir={dataset}", "--config.total_steps=100000", "--config.checkpoint.every_steps=100000",
-         "--config.log_every_steps=5"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "worldmodel.train",
+    "--config=experiments/tokenizer.py:tiny",
+    f"--workdir={w}",
+    f"--config.data.dir={dataset}",
+    "--config.total_steps=100000",
+    "--config.checkpoint.every_steps=100000",
+    "--config.log_every_steps=5",
+  ]
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 120
   for line in proc.stdout:  # wait until it is training
@@ -52,9 +61,17 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits_zero(tmp_path, dataset):
 def test_sigterm_to_one_of_two_processes_saves_one_common_step(tmp_path, dataset):
   # A preemption notice often reaches one host only; a save is collective, so both must pick the same step.
   w = tmp_path / "w"
-  cmd = local_launch_cmd(2, 2, "worldmodel.train", "--config=experiments/tokenizer.py:tiny", f"--workdir={w}",
-                         f"--config.data.dir={dataset}", "--config.total_steps=100000",
-                         "--config.checkpoint.every_steps=100000", "--config.log_every_steps=5")
+  cmd = local_launch_cmd(
+    2,
+    2,
+    "worldmodel.train",
+    "--config=experiments/tokenizer.py:tiny",
+    f"--workdir={w}",
+    f"--config.data.dir={dataset}",
+    "--config.total_steps=100000",
+    "--config.checkpoint.every_steps=100000",
+    "--config.log_every_steps=5",
+  )
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env())
   deadline = time.time() + 180
   for line in proc.stdout:
@@ -72,8 +89,14 @@ def test_sigterm_to_one_of_two_processes_saves_one_common_step(tmp_path, dataset
 @pytest.mark.slow
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, dataset):
   w = tmp_path / "w"
-  r = run_cli("worldmodel.train", "--config=experiments/tokenizer.py:tiny", f"--workdir={w}",
-              f"--config.data.dir={dataset}", "--config.total_steps=6", "--config.checkpoint.every_steps=3")
+  r = run_cli(
+    "worldmodel.train",
+    "--config=experiments/tokenizer.py:tiny",
+    f"--workdir={w}",
+    f"--config.data.dir={dataset}",
+    "--config.total_steps=6",
+    "--config.checkpoint.every_steps=3",
+  )
   assert r.returncode == 0, r.stderr[-2000:]
   assert _steps(w) == [3, 6]
   damaged = 0
@@ -93,13 +116,22 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, dataset)
 
 @pytest.mark.slow
 def test_kill_9_then_the_same_command_resumes_bit_identically(tmp_path, dataset):
-  args = ["--config=experiments/tokenizer.py:tiny", f"--config.data.dir={dataset}", "--config.total_steps=40",
-          "--config.checkpoint.every_steps=5", "--config.seed=9"]
+  args = [
+    "--config=experiments/tokenizer.py:tiny",
+    f"--config.data.dir={dataset}",
+    "--config.total_steps=40",
+    "--config.checkpoint.every_steps=5",
+    "--config.seed=9",
+  ]
   ref = run_cli("worldmodel.train", f"--workdir={tmp_path / 'ref'}", *args)
   assert ref.returncode == 0, ref.stderr[-2000:]
   w = tmp_path / "killed"
-  proc = subprocess.Popen([sys.executable, "-m", "worldmodel.train", f"--workdir={w}", *args], cwd=REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "worldmodel.train", f"--workdir={w}", *args],
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   deadline = time.time() + 120
   while time.time() < deadline and not (os.path.isdir(w / "checkpoints") and _steps(w) and _steps(w)[-1] >= 10):
     time.sleep(0.05)

@@ -1,4 +1,5 @@
 """Probes recover state that the features carry, and not state they do not."""
+
 import numpy as np
 
 from worldmodel import probes
@@ -21,8 +22,9 @@ def test_linear_and_attentive_probes_recover_carried_state_and_not_noise():
   lin = probes.r2_by_group(*probes.ridge_probe(xtr.mean(1), ytr, xte.mean(1), yte), groups)
   att = probes.r2_by_group(*probes.attentive_probe(xtr, ytr, xte, yte, steps=300), groups)
   assert lin["pos"] > 0.8 and att["pos"] > 0.7, (lin, att)
-  noise = probes.r2_by_group(*probes.ridge_probe(rng.normal(size=(600, 8)), ytr, rng.normal(size=(200, 8)), yte),
-                             groups)
+  noise = probes.r2_by_group(
+    *probes.ridge_probe(rng.normal(size=(600, 8)), ytr, rng.normal(size=(200, 8)), yte), groups
+  )
   assert noise["pos"] < 0.1
 
 

@@ -72,8 +72,12 @@ def test_vq_has_no_params_and_shapes():
   assert vq.num_codes == 16 and vq.code_dim == 8
   out = vq(_normal(0, (2, 3, 5, 8)))
   assert out.z_q.shape == (2, 3, 5, 8) and out.indices.shape == (2, 3, 5) and out.indices.dtype == jnp.int32
-  assert out.loss.shape == () and {"vq/commit_loss", "vq/dead_codes", "vq/perplexity",
-                                   "vq/codebook_usage_batch"} <= set(out.metrics)
+  assert out.loss.shape == () and {
+    "vq/commit_loss",
+    "vq/dead_codes",
+    "vq/perplexity",
+    "vq/codebook_usage_batch",
+  } <= set(out.metrics)
 
 
 def test_vq_straight_through_gradient_and_codes_match_forward():
@@ -147,7 +151,7 @@ class _Tok(nnx.Module):
 
   def __call__(self, x, *, train, rng):
     out = self.vq(self.enc(x), train=train, rng=rng)
-    return jnp.mean(out.z_q ** 2) + out.loss, out
+    return jnp.mean(out.z_q**2) + out.loss, out
 
 
 def test_vq_jit_grad_over_params_with_state_as_aux():
@@ -164,6 +168,7 @@ def test_vq_jit_grad_over_params_with_state_as_aux():
       m = nnx.merge(graphdef, params, other, copy=True)
       loss, out = m(x, train=True, rng=rng)
       return loss, (nnx.state(m, CodebookState), out.metrics)
+
     (loss, (cb_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return loss, grads, cb_state, metrics
 
@@ -182,6 +187,7 @@ def test_vq_jit_grad_over_params_with_state_as_aux():
 
 def test_batch_usage_metrics_match_a_histogram_without_materialising_the_codebook():
   from worldmodel.models.quantizers import _usage_metrics
+
   idx = np.array([3, 3, 7, 1, 7, 7, 0, 3], np.int32)
   m = _usage_metrics(jnp.asarray(idx), 10, "x")
   p = np.bincount(idx) / len(idx)
@@ -189,7 +195,7 @@ def test_batch_usage_metrics_match_a_histogram_without_materialising_the_codeboo
   np.testing.assert_allclose(float(m["x/perplexity"]), np.exp(-(p * np.log(p)).sum()), rtol=1e-5)
   np.testing.assert_allclose(float(m["x/codebook_usage_batch"]), 4 / 10)
   # a codebook far larger than int32 bincount could hold is fine
-  big = _usage_metrics(jnp.asarray(idx), 15 ** 8, "x")
+  big = _usage_metrics(jnp.asarray(idx), 15**8, "x")
   assert float(big["x/codebook_usage_batch"]) > 0
 
 
@@ -198,7 +204,7 @@ def test_fsq_saturation_penalty_pulls_frozen_channels_back():
   plain, penalised = FSQ((8, 5, 5, 5)), FSQ((8, 5, 5, 5), saturation_penalty=1.0)
   assert float(plain(z).loss) == 0.0
   out = penalised(z)
-  np.testing.assert_allclose(float(out.loss), (3.0 ** 2 + 2.0 ** 2) / 4, rtol=1e-6)
+  np.testing.assert_allclose(float(out.loss), (3.0**2 + 2.0**2) / 4, rtol=1e-6)
   np.testing.assert_allclose(float(out.metrics["fsq/saturated_frac"]), 0.5)
   g = jax.grad(lambda x: penalised(x).loss)(z)
   assert float(g[0, 2]) > 0 and float(g[0, 3]) < 0  # descent moves both back towards the responsive range

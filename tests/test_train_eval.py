@@ -1,27 +1,33 @@
 """End to end: train → checkpoint → resume → evaluate, through the public CLIs and the trainer API."""
+
 import json
 import os
 import subprocess
 import sys
 
-import numpy as np
 import jax
+import numpy as np
 import pytest
-
 from conftest import REPO, make_dataset, run_cli
+
 from worldmodel.checkpoint import read_numpy
 
 TINY = "experiments/tokenizer.py:tiny"
 
 
 def _train(workdir, data, *extra, timeout=300):
-  return run_cli("worldmodel.train", f"--config={TINY}", f"--workdir={workdir}", f"--config.data.dir={data}", *extra,
-                 timeout=timeout)
+  return run_cli(
+    "worldmodel.train", f"--config={TINY}", f"--workdir={workdir}", f"--config.data.dir={data}", *extra, timeout=timeout
+  )
 
 
 def _leaves(workdir, step):
-  return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v) for path, v in
-          jax.tree_util.tree_leaves_with_path(read_numpy(os.path.join(workdir, "checkpoints", str(step), "state")))}
+  return {
+    "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+    for path, v in jax.tree_util.tree_leaves_with_path(
+      read_numpy(os.path.join(workdir, "checkpoints", str(step), "state"))
+    )
+  }
 
 
 def _losses(workdir):
@@ -72,8 +78,16 @@ def test_train_resume_is_bit_exact_and_evaluate_writes_results(tmp_path, dataset
 
 @pytest.mark.slow
 def test_vq_tokenizer_trains_on_a_data_parallel_mesh(tmp_path, dataset):
-  r = run_cli("worldmodel.train", f"--config={TINY},vq", f"--workdir={tmp_path / 'w'}", f"--config.data.dir={dataset}",
-              "--config.total_steps=6", "--config.log_every_steps=3", "--cpu_devices=4", "--config.mesh.fsdp=2")
+  r = run_cli(
+    "worldmodel.train",
+    f"--config={TINY},vq",
+    f"--workdir={tmp_path / 'w'}",
+    f"--config.data.dir={dataset}",
+    "--config.total_steps=6",
+    "--config.log_every_steps=3",
+    "--cpu_devices=4",
+    "--config.mesh.fsdp=2",
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   assert "data=2 × fsdp=2 × tensor=1 (4 devices" in r.stdout
   rows = [json.loads(l) for l in open(tmp_path / "w" / "metrics.jsonl")]
@@ -82,12 +96,12 @@ def test_vq_tokenizer_trains_on_a_data_parallel_mesh(tmp_path, dataset):
 
 def test_bad_configs_fail_fast_naming_the_cause(tmp_path, dataset):
   cases = {
-      "no_such_key": ("--config.no_such_key=1",),
-      "batch_size": ("--config.batch_size=abc",),
-      str(tmp_path / "nowhere"): (f"--config.data.dir={tmp_path / 'nowhere'}",),
-      "nosuchvariant": ("--config=experiments/tokenizer.py:nosuchvariant",),
-      "total_steps": ("--config.total_steps=0",),
-      "model.quantizer.levels": ("--config.model.quantizer.levels=abc",),
+    "no_such_key": ("--config.no_such_key=1",),
+    "batch_size": ("--config.batch_size=abc",),
+    str(tmp_path / "nowhere"): (f"--config.data.dir={tmp_path / 'nowhere'}",),
+    "nosuchvariant": ("--config=experiments/tokenizer.py:nosuchvariant",),
+    "total_steps": ("--config.total_steps=0",),
+    "model.quantizer.levels": ("--config.model.quantizer.levels=abc",),
   }
   for word, args in cases.items():
     r = _train(tmp_path / "w", dataset, *args, timeout=60)
@@ -122,7 +136,9 @@ def test_workdir_of_another_model_is_refused_and_kept(tmp_path, dataset):
 def test_cli_modules_import_side_by_side():
   # A script may evaluate, plan and generate in one process: the CLIs' flags (--workdir, --episodes, ...) are
   # defined only when a module runs as the program, so importing several must not clash.
-  code = ("import worldmodel, worldmodel.encoders, worldmodel.evaluate, worldmodel.plan, worldmodel.train, "
-          "worldmodel.bench, worldmodel.aot, worldmodel.data.generate; print('ok')")
+  code = (
+    "import worldmodel, worldmodel.encoders, worldmodel.evaluate, worldmodel.plan, worldmodel.train, "
+    "worldmodel.bench, worldmodel.aot, worldmodel.data.generate; print('ok')"
+  )
   r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -1,6 +1,7 @@
 """V-JEPA / V-JEPA 2 encoder import: a compact PyTorch reference of the published encoder (written from the
 facebookresearch/jepa and vjepa2 code) must give the same features as our VideoViT after import; unsafe or unknown
 files are refused; worldmodel workdirs and encoder exports load the same encoder."""
+
 import math
 import os
 import pathlib
@@ -13,28 +14,34 @@ import pytest
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional
 
-import worldmodel  # noqa: E402
 from conftest import experiment_config, run_cli  # noqa: E402
+
+import worldmodel  # noqa: E402
 from worldmodel import checkpoint as ckpt_lib  # noqa: E402
 from worldmodel import encoders  # noqa: E402
-from worldmodel.objectives import ac as ac_obj  # noqa: E402
 from worldmodel.importers import vjepa  # noqa: E402
+from worldmodel.objectives import ac as ac_obj  # noqa: E402
 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 FRAMES, SIZE, TUBELET = 6, 16, (2, 4, 4)
 GRID = (3, 4, 4)
-VERSIONS = {"vjepa": dict(width=100, heads=4, rope=False),  # sin-cos parts of 34: the table is cut from 102 to 100
-            "vjepa2": dict(width=96, heads=3, rope=True)}  # head_dim 32: RoPE 10+10+10 and an unrotated tail of 2
+VERSIONS = {
+  "vjepa": dict(width=100, heads=4, rope=False),  # sin-cos parts of 34: the table is cut from 102 to 100
+  "vjepa2": dict(width=96, heads=3, rope=True),
+}  # head_dim 32: RoPE 10+10+10 and an unrotated tail of 2
 
 
 def sincos_reference(dim: int, grid_depth: int, grid_size: int) -> np.ndarray:
   """jepa's get_3d_sincos_pos_embed(uniform_power=True), meshgrid order included."""
+
   def one_d(d, pos):
     omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=float) / (d / 2.0))
     out = np.einsum("m,d->md", pos.reshape(-1), omega)
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-  grid_h, grid_d, grid_w = np.meshgrid(np.arange(grid_size, dtype=float), np.arange(grid_depth, dtype=float),
-                                       np.arange(grid_size, dtype=float))
+
+  grid_h, grid_d, grid_w = np.meshgrid(
+    np.arange(grid_size, dtype=float), np.arange(grid_depth, dtype=float), np.arange(grid_size, dtype=float)
+  )
   part = int(np.ceil(dim / 6) * 2)
   return np.concatenate([one_d(part, grid_d), one_d(part, grid_h), one_d(part, grid_w)], axis=1)[:, :dim]
 
@@ -43,7 +50,7 @@ def rotate_queries_or_keys(x, pos):
   """vjepa2's function, tiled (`repeat`) frequencies with adjacent-pair rotation kept for checkpoint compatibility."""
   D = x.shape[-1]
   omega = torch.arange(D // 2, dtype=x.dtype) / (D / 2.0)
-  freq = torch.einsum("..., f -> ... f", pos, 1.0 / 10000 ** omega)
+  freq = torch.einsum("..., f -> ... f", pos, 1.0 / 10000**omega)
   emb_sin, emb_cos = freq.sin().repeat(1, 1, 1, 2), freq.cos().repeat(1, 1, 1, 2)
   y1, y2 = x.unflatten(-1, (-1, 2)).unbind(-1)
   return x * emb_cos + torch.stack((-y2, y1), dim=-1).flatten(-2) * emb_sin
@@ -62,9 +69,12 @@ class Attention(nn.Module):
       d = 2 * ((C // self.heads // 3) // 2)
       ids = ids.unsqueeze(1).repeat(1, self.heads, 1)
       pos = (ids // (grid[1] * grid[2]), ids % (grid[1] * grid[2]) // grid[2], ids % grid[2])
+
       def rotate(x):
-        return torch.cat([*(rotate_queries_or_keys(x[..., a * d:(a + 1) * d], pos[a]) for a in range(3)),
-                          x[..., 3 * d:]], -1)
+        return torch.cat(
+          [*(rotate_queries_or_keys(x[..., a * d : (a + 1) * d], pos[a]) for a in range(3)), x[..., 3 * d :]], -1
+        )
+
       q, k = rotate(q), rotate(k)
     x = F.scaled_dot_product_attention(q, k, v)
     return self.proj(x.transpose(1, 2).reshape(B, N, C))
@@ -115,9 +125,12 @@ def random_encoder(version: str, seed: int = 0) -> Encoder:
       if name == "pos_embed":
         continue
       fan_in = int(np.prod(p.shape[1:])) if p.ndim > 1 else 0
-      p.copy_(torch.randn_like(p) / math.sqrt(fan_in) if fan_in else
-              (1.0 if name.endswith("norm1.weight") or name.endswith("norm2.weight") or name == "norm.weight" else 0.0)
-              + 0.3 * torch.randn_like(p))
+      p.copy_(
+        torch.randn_like(p) / math.sqrt(fan_in)
+        if fan_in
+        else (1.0 if name.endswith("norm1.weight") or name.endswith("norm2.weight") or name == "norm.weight" else 0.0)
+        + 0.3 * torch.randn_like(p)
+      )
   return model.eval()
 
 
@@ -139,7 +152,7 @@ def clip(seed: int = 1, batch: int = 2) -> tuple[np.ndarray, np.ndarray]:
   rng = np.random.default_rng(seed)
   video = rng.uniform(size=(batch, FRAMES, SIZE, SIZE, 3)).astype(np.float32)
   n = int(np.prod(GRID))
-  ids = np.stack([np.sort(rng.permutation(n)[:n - 7]) for _ in range(batch)])  # a masked subset of the tokens
+  ids = np.stack([np.sort(rng.permutation(n)[: n - 7]) for _ in range(batch)])  # a masked subset of the tokens
   return video, ids
 
 
@@ -169,6 +182,7 @@ def test_imported_encoder_matches_pytorch_reference(tmp_path, version):
 
 def test_vjepa_pos_embed_is_our_sincos_table():
   from worldmodel.models import positions
+
   for dim, grid in [(100, (3, 4, 4)), (1024, (8, 14, 14)), (1280, (8, 24, 24))]:
     np.testing.assert_allclose(positions.sincos_3d(grid, dim), sincos_reference(dim, grid[0], grid[1]), atol=1e-6)
     assert vjepa._sincos_grid(sincos_reference(dim, grid[0], grid[1]).astype(np.float32)) == grid

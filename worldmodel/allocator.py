@@ -11,6 +11,7 @@ library is installed (`make install` fetches libtcmalloc-minimal4 from apt where
 process re-executes itself with it in LD_PRELOAD (same PID, same arguments). WORLDMODEL_TCMALLOC=0 turns this off;
 WORLDMODEL_TCMALLOC=/path/to/libtcmalloc.so picks the library.
 """
+
 from __future__ import annotations
 
 import os

@@ -8,6 +8,7 @@ memory (parameters, optimizer state, other state, batch, XLA temporaries), FLOPs
 step time / MFU on the named accelerators from their peak bf16 rates. Exits 1 when the per-device total does not fit
 --hbm_gib. (XLA:CPU's memory planning and fusion differ from GPU/TPU: treat the temporaries as an estimate.)
 """
+
 from __future__ import annotations
 
 import json
@@ -25,15 +26,22 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].", lock_config=True)
   _DEVICES = flags.DEFINE_integer("devices", 8, "Number of devices to compile for (fake CPU devices here).")
   _MESH = flags.DEFINE_string("mesh", "", "Mesh as data:A,fsdp:B,tensor:C (-1 fills); default: the config's mesh.")
-  _HBM = flags.DEFINE_float("hbm_gib", 0.0, "Fail (exit 1) if the per-device total exceeds this many GiB (0: no check).")
+  _HBM = flags.DEFINE_float(
+    "hbm_gib", 0.0, "Fail (exit 1) if the per-device total exceeds this many GiB (0: no check)."
+  )
   _ACCEL = flags.DEFINE_list("accelerators", ["h100", "tpu_v5p"], "Accelerators to estimate step time for.")
   _MFU = flags.DEFINE_float("assumed_mfu", 0.4, "MFU assumed for the step-time estimate.")
   flags.mark_flags_as_required(["config"])
 
 # Dense bf16 peak FLOP/s and memory per chip, from the vendors' data sheets.
-ACCELERATORS = {"h100": (989e12, 80), "h200": (989e12, 141), "tpu_v5p": (459e12, 95), "tpu_v5e": (197e12, 16),
-                "a100": (312e12, 80)}
-GIB = 1024 ** 3
+ACCELERATORS = {
+  "h100": (989e12, 80),
+  "h200": (989e12, 141),
+  "tpu_v5p": (459e12, 95),
+  "tpu_v5e": (197e12, 16),
+  "a100": (312e12, 80),
+}
+GIB = 1024**3
 
 
 def parse_mesh(text: str) -> dict:
@@ -50,6 +58,7 @@ def per_device_bytes(tree, mesh) -> float:
   """Bytes one device holds of a pytree of ShapeDtypeStructs with NamedShardings (replicated leaves count fully)."""
   import jax
   import numpy as np
+
   total = 0
   for leaf in jax.tree.leaves(tree):
     shard = leaf.sharding.shard_shape(leaf.shape)
@@ -59,6 +68,7 @@ def per_device_bytes(tree, mesh) -> float:
 
 def fit_check(config, devices: int, mesh_text: str) -> dict:
   import jax
+
   from worldmodel import runtime
   from worldmodel.parallel import mesh as mesh_lib
 
@@ -75,17 +85,23 @@ def fit_check(config, devices: int, mesh_text: str) -> dict:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   parts = {
-      "params": per_device_bytes(rt.abstract_state["params"], mesh),
-      "optimizer": per_device_bytes(rt.abstract_state["opt"], mesh),
-      "other_state": per_device_bytes(rt.abstract_state["extra"], mesh),
-      "batch": per_device_bytes(batch, mesh),
-      "temporaries": float(getattr(mem, "temp_size_in_bytes", 0) or 0),
+    "params": per_device_bytes(rt.abstract_state["params"], mesh),
+    "optimizer": per_device_bytes(rt.abstract_state["opt"], mesh),
+    "other_state": per_device_bytes(rt.abstract_state["extra"], mesh),
+    "batch": per_device_bytes(batch, mesh),
+    "temporaries": float(getattr(mem, "temp_size_in_bytes", 0) or 0),
   }
   total = parts["params"] + parts["optimizer"] + parts["other_state"] + parts["batch"] + parts["temporaries"]
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(rt.abstract_state["params"]))
-  return {"devices": devices, "mesh": dict(mesh.shape), "params": n_params,
-          "per_device_gib": {k: v / GIB for k, v in parts.items()}, "per_device_total_gib": total / GIB,
-          "flops_per_device_per_step": float(cost.get("flops", float("nan"))), "compile_s": compile_s}
+  return {
+    "devices": devices,
+    "mesh": dict(mesh.shape),
+    "params": n_params,
+    "per_device_gib": {k: v / GIB for k, v in parts.items()},
+    "per_device_total_gib": total / GIB,
+    "flops_per_device_per_step": float(cost.get("flops", float("nan"))),
+    "compile_s": compile_s,
+  }
 
 
 def main(argv):
@@ -93,24 +109,30 @@ def main(argv):
   # Fake devices must be configured before jax starts a backend.
   os.environ.pop("XLA_FLAGS", None)
   import jax
+
   jax.config.update("jax_num_cpu_devices", _DEVICES.value)
   from absl import logging
+
   logging.set_verbosity(logging.WARNING)
   try:
     result = fit_check(_CONFIG.value, _DEVICES.value, _MESH.value)
   except ValueError as e:
     config_lib.die(str(e))
   flops = result["flops_per_device_per_step"]
-  print(f"{result['params'] / 1e6:.1f}M parameters on {result['devices']} devices, mesh {result['mesh']}; "
-        f"compiled in {result['compile_s']:.0f}s")
+  print(
+    f"{result['params'] / 1e6:.1f}M parameters on {result['devices']} devices, mesh {result['mesh']}; "
+    f"compiled in {result['compile_s']:.0f}s"
+  )
   print("per-device memory:")
   for k, v in result["per_device_gib"].items():
     print(f"  {k:<12} {v:8.3f} GiB")
   print(f"  {'total':<12} {result['per_device_total_gib']:8.3f} GiB per device")
   print(f"FLOPs per step per device: {flops:.3e}")
   if _CONFIG.value.model.get("scan_layers"):
-    print("warning: with model.scan_layers XLA's cost analysis counts the scanned blocks once, not per layer: "
-          "FLOPs and the estimates below are too low; run with --config.model.scan_layers=False for FLOPs")
+    print(
+      "warning: with model.scan_layers XLA's cost analysis counts the scanned blocks once, not per layer: "
+      "FLOPs and the estimates below are too low; run with --config.model.scan_layers=False for FLOPs"
+    )
   for name in _ACCEL.value:
     if name not in ACCELERATORS:
       config_lib.die(f"unknown accelerator {name!r}; known: {sorted(ACCELERATORS)}")
@@ -121,8 +143,11 @@ def main(argv):
     result[f"est_step_s_{name}"] = est
   print(json.dumps(result))
   if _HBM.value and result["per_device_total_gib"] > _HBM.value:
-    print(f"error: needs {result['per_device_total_gib']:.2f} GiB per device, more than --hbm_gib={_HBM.value}: "
-          "add fsdp / tensor parallelism, remat (--config.model.remat=full) or a smaller batch", file=sys.stderr)
+    print(
+      f"error: needs {result['per_device_total_gib']:.2f} GiB per device, more than --hbm_gib={_HBM.value}: "
+      "add fsdp / tensor parallelism, remat (--config.model.remat=full) or a smaller batch",
+      file=sys.stderr,
+    )
     sys.exit(1)
 
 

@@ -9,10 +9,12 @@ loader is part of the measurement. Prints progress, then one JSON line last:
   step_time_s (median), clips_per_s, flops_per_step (XLA cost analysis of the compiled step), peak_flops_per_s
   (an f32 matmul measured in this process), mfu, data_wait_frac, compile_s, ...
 """
+
 from __future__ import annotations
 
 if __name__ == "__main__":  # first, before the heavy imports: restart under tcmalloc (worldmodel/allocator.py)
   from worldmodel import allocator
+
   allocator.use_tcmalloc()
 
 import contextlib
@@ -23,27 +25,33 @@ import shutil
 import tempfile
 import time
 
-from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
 from worldmodel import allocator
 from worldmodel import config as config_lib
 from worldmodel.parallel import distributed
 
-from ml_collections import config_flags
-
 if __name__ == "__main__":  # flags only for the CLI: importing several CLI modules must not redefine them
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].", lock_config=True)
   _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step that compiles).")
   _MATMUL = flags.DEFINE_integer("matmul_size", 2048, "Side of the square f32 matmul used to measure peak FLOP/s.")
-  _LOADER = flags.DEFINE_list("loader_workers", [], "Benchmark only the input pipeline, once per grain worker count "
-                              "given (e.g. 0,1,2), instead of the train step.")
+  _LOADER = flags.DEFINE_list(
+    "loader_workers",
+    [],
+    "Benchmark only the input pipeline, once per grain worker count given (e.g. 0,1,2), instead of the train step.",
+  )
   _LOADER_BATCHES = flags.DEFINE_integer("loader_batches", 50, "Batches timed per loader setting (after 2 warm-up).")
-  _ROLLOUT = flags.DEFINE_boolean("rollout", False, "Benchmark the action-conditioned predictor's rollout instead "
-                                  "(experiments/ac.py configs): ms per predicted frame at batch 1, cached vs full "
-                                  "recompute, and one CEM iteration over --candidates rollouts of --horizon frames.")
+  _ROLLOUT = flags.DEFINE_boolean(
+    "rollout",
+    False,
+    "Benchmark the action-conditioned predictor's rollout instead "
+    "(experiments/ac.py configs): ms per predicted frame at batch 1, cached vs full "
+    "recompute, and one CEM iteration over --candidates rollouts of --horizon frames.",
+  )
   _TOKENS = flags.DEFINE_integer("rollout_tokens", 64, "--rollout: tokens per frame (an 8x8 grid).")
   _ENC_DIM = flags.DEFINE_integer("rollout_enc_dim", 384, "--rollout: encoder feature width.")
   _CANDIDATES = flags.DEFINE_integer("candidates", 64, "--rollout: action sequences per CEM iteration.")
@@ -61,7 +69,7 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     t0 = time.perf_counter()
     f(a).block_until_ready()
     times.append(time.perf_counter() - t0)
-  return 2 * n ** 3 / float(np.median(times))
+  return 2 * n**3 / float(np.median(times))
 
 
 def compiled_flops(compiled) -> float:
@@ -76,8 +84,16 @@ def bench(config, steps: int, matmul_size: int = 2048) -> dict:
 
   rt = runtime_lib.build(config)
   state = rt.init_fn()
-  data = iter(pipeline.train_dataset(config.data, seed=config.seed, global_batch=config.batch_size, start_step=0,
-                                     num_steps=steps + 1, transform=runtime_lib.sample_transform(config)))
+  data = iter(
+    pipeline.train_dataset(
+      config.data,
+      seed=config.seed,
+      global_batch=config.batch_size,
+      start_step=0,
+      num_steps=steps + 1,
+      transform=runtime_lib.sample_transform(config),
+    )
+  )
   first = pipeline.to_global(next(data), rt.mesh)
   t0 = time.perf_counter()
   step_fn = rt.train_step.lower(state, first).compile()
@@ -102,12 +118,21 @@ def bench(config, steps: int, matmul_size: int = 2048) -> dict:
   peak = measure_matmul_peak(matmul_size)
   step_time = float(np.median(step_times))
   result = {
-      "config": config.model.get("name", config.objective), "batch_size": config.batch_size,
-      "devices": jax.device_count(), "step_time_s": step_time,
-      "step_time_min_s": float(np.min(step_times)), "clips_per_s": config.batch_size / step_time,
-      "flops_per_step": flops, "achieved_flops_per_s": flops / step_time, "peak_flops_per_s": peak,
-      "mfu": flops / step_time / peak, "data_wait_frac": float(np.sum(waits) / np.sum(step_times)),
-      "compile_s": compile_s, "steps": steps, "backend": jax.default_backend(), "allocator": allocator.active(),
+    "config": config.model.get("name", config.objective),
+    "batch_size": config.batch_size,
+    "devices": jax.device_count(),
+    "step_time_s": step_time,
+    "step_time_min_s": float(np.min(step_times)),
+    "clips_per_s": config.batch_size / step_time,
+    "flops_per_step": flops,
+    "achieved_flops_per_s": flops / step_time,
+    "peak_flops_per_s": peak,
+    "mfu": flops / step_time / peak,
+    "data_wait_frac": float(np.sum(waits) / np.sum(step_times)),
+    "compile_s": compile_s,
+    "steps": steps,
+    "backend": jax.default_backend(),
+    "allocator": allocator.active(),
   }
   return result
 
@@ -116,11 +141,20 @@ def bench_loader(config, workers: list[int], batches: int) -> dict:
   """Clips/s of the grain pipeline alone (decode, window, batch) for each worker count."""
   from worldmodel import runtime as runtime_lib
   from worldmodel.data import pipeline
+
   out = {}
   for w in workers:
     config.data.workers = w
-    it = iter(pipeline.train_dataset(config.data, seed=config.seed, global_batch=config.batch_size, start_step=0,
-                                     num_steps=batches + 2, transform=runtime_lib.sample_transform(config)))
+    it = iter(
+      pipeline.train_dataset(
+        config.data,
+        seed=config.seed,
+        global_batch=config.batch_size,
+        start_step=0,
+        num_steps=batches + 2,
+        transform=runtime_lib.sample_transform(config),
+      )
+    )
     for _ in range(2):  # worker start-up and first reads are not throughput
       next(it)
     t0 = time.perf_counter()
@@ -129,18 +163,25 @@ def bench_loader(config, workers: list[int], batches: int) -> dict:
     out[str(w)] = batches * config.batch_size / (time.perf_counter() - t0)
     print(f"loader workers={w}: {out[str(w)]:.0f} clips/s", flush=True)
   clip = (config.data.num_frames, config.model.get("size", 0), config.model.get("size", 0), 3)
-  return {"loader_clips_per_s": out, "clip_shape": clip, "batch_size": config.batch_size,
-          "read_threads": config.data.read_threads}
+  return {
+    "loader_clips_per_s": out,
+    "clip_shape": clip,
+    "batch_size": config.batch_size,
+    "read_threads": config.data.read_threads,
+  }
 
 
-def bench_rollout(config, *, tokens: int, enc_dim: int, frames: int = 7, candidates: int = 64,
-                  horizon: int = 4, repeats: int = 5) -> dict:
+def bench_rollout(
+  config, *, tokens: int, enc_dim: int, frames: int = 7, candidates: int = 64, horizon: int = 4, repeats: int = 5
+) -> dict:
   """Latency of the AC predictor: cached step-by-step rollout vs recomputing the sequence for every new frame."""
   from flax import nnx
+
   from worldmodel.models.ac_predictor import ACPredictor
+
   m = config.model
   m.action_dim = m.action_dim or 7
-  side = int(round(tokens ** 0.5))
+  side = int(round(tokens**0.5))
   pred = ACPredictor(m, enc_dim, (side, side), rngs=nnx.Rngs(0))
   graphdef, weights = nnx.split(pred)
   rng = np.random.default_rng(0)
@@ -177,6 +218,7 @@ def bench_rollout(config, *, tokens: int, enc_dim: int, frames: int = 7, candida
     for t in range(horizon):
       zs, cache = p.step(cache, t, zs, acts_NHA[:, t])
     return jnp.mean(zs, axis=(1, 2))
+
   acts = jnp.asarray(rng.normal(size=(candidates, horizon, m.action_dim)), jnp.float32)
 
   def timed(fn):
@@ -187,14 +229,23 @@ def bench_rollout(config, *, tokens: int, enc_dim: int, frames: int = 7, candida
       fn()
       times.append(time.perf_counter() - t0)
     return float(np.median(times))
+
   cached = timed(cached_rollout) / frames
   full = timed(recompute_rollout) / frames
   cem = timed(lambda: jax.block_until_ready(cem_iteration(weights, z0, acts)))
   p = m.predictor
-  return {"predictor": f"{p.width}x{p.depth} heads {p.heads}", "tokens_per_frame": side * side,
-          "action_dim": m.action_dim, "frames": frames, "ms_per_frame_cached": 1e3 * cached,
-          "ms_per_frame_recompute": 1e3 * full, "cem_iteration_s": cem, "cem_candidates": candidates,
-          "cem_horizon": horizon, "allocator": allocator.active()}
+  return {
+    "predictor": f"{p.width}x{p.depth} heads {p.heads}",
+    "tokens_per_frame": side * side,
+    "action_dim": m.action_dim,
+    "frames": frames,
+    "ms_per_frame_cached": 1e3 * cached,
+    "ms_per_frame_recompute": 1e3 * full,
+    "cem_iteration_s": cem,
+    "cem_candidates": candidates,
+    "cem_horizon": horizon,
+    "allocator": allocator.active(),
+  }
 
 
 @contextlib.contextmanager
@@ -204,11 +255,13 @@ def _bench_data(config):
     yield
     return
   from worldmodel.data.sources import bouncing
+
   tmp = tempfile.mkdtemp(prefix="wm-bench-")
   try:
     frames = max(32, (config.data.num_frames - 1) * config.data.frame_stride + 1)
-    config.data.dir = bouncing.write_dataset(os.path.join(tmp, "data"), episodes=68, frames=frames,
-                                             size=config.model.get("size", 64))
+    config.data.dir = bouncing.write_dataset(
+      os.path.join(tmp, "data"), episodes=68, frames=frames, size=config.model.get("size", 64)
+    )
     yield
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -223,8 +276,9 @@ def main(argv):
     config_lib.die(str(e))
   if _ROLLOUT.value:
     with config.unlocked():
-      result = bench_rollout(config, tokens=_TOKENS.value, enc_dim=_ENC_DIM.value, candidates=_CANDIDATES.value,
-                             horizon=_HORIZON.value)
+      result = bench_rollout(
+        config, tokens=_TOKENS.value, enc_dim=_ENC_DIM.value, candidates=_CANDIDATES.value, horizon=_HORIZON.value
+      )
     print(json.dumps(result), flush=True)
     return
   with config.unlocked(), _bench_data(config):

@@ -5,15 +5,16 @@ mid-save leaves the previous checkpoint intact. Restores go onto abstract arrays
 shardings, which is what lets a checkpoint move between meshes and process counts. A newest checkpoint that cannot
 be read is skipped with a warning and the previous one is used.
 """
+
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 ITEMS = ("state", "data", "config")
 
@@ -22,7 +23,8 @@ ITEMS = ("state", "data", "config")
 _verbosity = logging.get_verbosity()
 logging.set_verbosity(logging.ERROR)  # the registry warns that it overrides its default: intended
 ocp.type_handlers.register_type_handler(
-    jax.Array, ocp.type_handlers.ArrayHandler(enable_write_sharding_file=False), override=True)
+  jax.Array, ocp.type_handlers.ArrayHandler(enable_write_sharding_file=False), override=True
+)
 logging.set_verbosity(_verbosity)
 
 
@@ -31,7 +33,6 @@ class CheckpointError(RuntimeError):
 
 
 class Checkpointer:
-
   def __init__(self, directory: str, *, keep: int, async_save: bool = True):
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
@@ -41,8 +42,9 @@ class Checkpointer:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state: Any, data_state: dict, config: dict, *, force: bool = False) -> bool:
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-                              config=ocp.args.JsonSave(config))
+    args = ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config)
+    )
     return self.manager.save(step, args=args, force=force)
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict]:
@@ -53,8 +55,9 @@ class Checkpointer:
     errors = []
     for s in candidates:
       try:
-        out = self.manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                                              data=ocp.args.JsonRestore()))
+        out = self.manager.restore(
+          s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+        )
         if errors:
           logging.warning("restored the previous checkpoint, step %d", s)
         return s, out["state"], dict(out["data"])
@@ -78,8 +81,10 @@ class Checkpointer:
 def _is_mismatch(e: Exception) -> bool:
   # Shape/structure disagreements are a config error, not corruption: falling back would hide them.
   text = str(e)
-  return any(w in text for w in ("shape mismatch", "Shape mismatch", "tree structure", "Tree structure",
-                                 "do not match", "don't match"))
+  return any(
+    w in text
+    for w in ("shape mismatch", "Shape mismatch", "tree structure", "Tree structure", "do not match", "don't match")
+  )
 
 
 def read_numpy(item_dir: str) -> Any:
@@ -103,8 +108,9 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
 def read_newest(workdir: str, step: int | None = None) -> tuple[int, Any]:
   """(step, numpy state) of a workdir's newest (or given) checkpoint; falls back past unreadable ones."""
   directory = os.path.join(workdir, "checkpoints")
-  steps = sorted((int(p) for p in os.listdir(directory) if p.isdigit()), reverse=True) if os.path.isdir(
-      directory) else []
+  steps = (
+    sorted((int(p) for p in os.listdir(directory) if p.isdigit()), reverse=True) if os.path.isdir(directory) else []
+  )
   if step is not None:
     steps = [s for s in steps if s == step]
   errors = []
@@ -127,8 +133,11 @@ def conform(loaded: Any, expected: Any, what: str) -> Any:
   flat_l = {_path_key(k): v for k, v in jax.tree_util.tree_leaves_with_path(loaded)}
   flat_e = {_path_key(k): v for k, v in jax.tree_util.tree_leaves_with_path(expected)}
   shape = lambda d, k: np.shape(d[k]) if k in d else "missing"  # noqa: E731
-  bad = ["/".join(k) + f": checkpoint {shape(flat_l, k)} vs model {shape(flat_e, k)}"
-         for k in sorted(set(flat_l) | set(flat_e)) if shape(flat_l, k) != shape(flat_e, k)]
+  bad = [
+    "/".join(k) + f": checkpoint {shape(flat_l, k)} vs model {shape(flat_e, k)}"
+    for k in sorted(set(flat_l) | set(flat_e))
+    if shape(flat_l, k) != shape(flat_e, k)
+  ]
   if bad:
     raise CheckpointError(f"{what} does not match the model ({len(bad)} mismatches): " + "; ".join(bad[:12]))
   return jax.tree_util.tree_map_with_path(lambda k, _: flat_l[_path_key(k)], expected)

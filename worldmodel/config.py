@@ -3,6 +3,7 @@
 Experiment configs are Python files in experiments/ with `get_config(arg)` returning an ml_collections.ConfigDict;
 `--config=experiments/NAME.py:VARIANT` picks one and `--config.KEY=VALUE` overrides single keys (absl config_flags).
 """
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,24 @@ import os
 import sys
 from typing import Any, Sequence
 
-from absl import flags
 import ml_collections
+from absl import flags
 
 # Keys every experiment has (DESIGN.md). Checked before anything is built or compiled.
-REQUIRED_KEYS = ("seed", "total_steps", "batch_size", "data.dir", "log_every_steps", "checkpoint.every_steps",
-                 "checkpoint.keep", "mesh.data", "mesh.fsdp", "mesh.tensor", "model.name", "objective")
+REQUIRED_KEYS = (
+  "seed",
+  "total_steps",
+  "batch_size",
+  "data.dir",
+  "log_every_steps",
+  "checkpoint.every_steps",
+  "checkpoint.keep",
+  "mesh.data",
+  "mesh.fsdp",
+  "mesh.tensor",
+  "model.name",
+  "objective",
+)
 
 
 class ConfigError(ValueError):
@@ -73,8 +86,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not isinstance(value, int) or (value <= 0 and value != -1):
       raise ConfigError(f"config key {key!r} must be a positive integer or -1 (fill), got {value!r}")
   if not config.data.dir:
-    raise ConfigError("config key 'data.dir' is empty: pass --config.data.dir=PATH (make a dataset with "
-                      "python -m worldmodel.data.generate)")
+    raise ConfigError(
+      "config key 'data.dir' is empty: pass --config.data.dir=PATH (make a dataset with "
+      "python -m worldmodel.data.generate)"
+    )
 
 
 def get(config: ml_collections.ConfigDict, dotted: str) -> Any:

@@ -10,6 +10,7 @@
 Every form returns (VideoViT, model config): the config holds VideoViT's keys (frames, size, tubelet, pos, dtype,
 remat, scan_layers, encoder), the same block an AC run stores as `model.encoder_model`.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,20 +36,25 @@ def _encoder_config(m: ml_collections.ConfigDict, frames: int | None, size: int 
   d["tubelet"] = tuple(d["tubelet"])
   d["frames"], d["size"] = frames or d["frames"], size or d["size"]
   if d["frames"] % d["tubelet"][0] or d["size"] % d["tubelet"][1]:
-    raise ckpt_lib.CheckpointError(f"clip {d['frames']}x{d['size']}x{d['size']} does not tile into the encoder's "
-                                   f"{d['tubelet']} tubelets")
+    raise ckpt_lib.CheckpointError(
+      f"clip {d['frames']}x{d['size']}x{d['size']} does not tile into the encoder's {d['tubelet']} tubelets"
+    )
   return ml_collections.ConfigDict(d)
 
 
-_ENCODER_OF = {"jepa": "its EMA target encoder", "ac": "the frozen encoder it was trained on",
-               "finetune": "its fine-tuned encoder"}
+_ENCODER_OF = {
+  "jepa": "its EMA target encoder",
+  "ac": "the frozen encoder it was trained on",
+  "finetune": "its fine-tuned encoder",
+}
 
 
 def _workdir_encoder_config(workdir: str, config=None) -> ml_collections.ConfigDict:
   config = config or config_lib.load_workdir_config(workdir)
   if config.objective not in _ENCODER_OF:
-    raise ckpt_lib.CheckpointError(f"{workdir} is a {config.objective!r} run with no encoder to load; use a JEPA, "
-                                   "AC or fine-tune workdir")
+    raise ckpt_lib.CheckpointError(
+      f"{workdir} is a {config.objective!r} run with no encoder to load; use a JEPA, AC or fine-tune workdir"
+    )
   return config.model if config.objective == "jepa" else config.model.encoder_model
 
 
@@ -63,11 +69,14 @@ def _workdir_encoder(workdir: str) -> tuple[int, dict, ml_collections.ConfigDict
   if objective == "ac" and "encoder" in extra:
     return step, extra["encoder"], model
   if objective == "finetune":  # trained parts are params, frozen parts extra: put them back together
-    parts = {**traverse_util.flatten_dict(extra.get("encoder", {})),
-             **traverse_util.flatten_dict(state.get("params", {}).get("encoder", {}))}
+    parts = {
+      **traverse_util.flatten_dict(extra.get("encoder", {})),
+      **traverse_util.flatten_dict(state.get("params", {}).get("encoder", {})),
+    }
     return step, traverse_util.unflatten_dict(parts), model
-  raise ckpt_lib.CheckpointError(f"{workdir}: the newest checkpoint (step {step}) lacks {_ENCODER_OF[objective]} "
-                                 f"(extra holds {sorted(extra)})")
+  raise ckpt_lib.CheckpointError(
+    f"{workdir}: the newest checkpoint (step {step}) lacks {_ENCODER_OF[objective]} (extra holds {sorted(extra)})"
+  )
 
 
 def _source_kind(path: str) -> str:
@@ -77,14 +86,17 @@ def _source_kind(path: str) -> str:
       return "export"
     if os.path.exists(os.path.join(path, "config.json")):
       return "workdir"
-    raise ckpt_lib.CheckpointError(f"{path} is neither a worldmodel workdir (config.json) nor an encoder export "
-                                   "(encoder.json)")
+    raise ckpt_lib.CheckpointError(
+      f"{path} is neither a worldmodel workdir (config.json) nor an encoder export (encoder.json)"
+    )
   if path.endswith(vjepa.TORCH_SUFFIXES + (".safetensors",)):
     if not os.path.exists(path):
       raise ckpt_lib.CheckpointError(f"{path}: no such file")
     return "vjepa"
-  raise ckpt_lib.CheckpointError(f"{path}: not a directory and not a known checkpoint file; supported: a workdir, "
-                                 f"an encoder export, or {vjepa.FORMATS}")
+  raise ckpt_lib.CheckpointError(
+    f"{path}: not a directory and not a known checkpoint file; supported: a workdir, "
+    f"an encoder export, or {vjepa.FORMATS}"
+  )
 
 
 def _export_config(path: str) -> ml_collections.ConfigDict:
@@ -95,8 +107,9 @@ def _export_config(path: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(meta["model"])
 
 
-def read_encoder(path: str, *, frames: int | None = None, size: int | None = None,
-                 key: str | None = None) -> tuple[dict, ml_collections.ConfigDict]:
+def read_encoder(
+  path: str, *, frames: int | None = None, size: int | None = None, key: str | None = None
+) -> tuple[dict, ml_collections.ConfigDict]:
   """(encoder weights as a pure dict, model config) from a workdir, an encoder export or a V-JEPA checkpoint file:
   what `load_encoder` builds from, and what fine-tuning and AC runs start from. `key`: a V-JEPA file's entry."""
   kind = _source_kind(path)
@@ -109,8 +122,9 @@ def read_encoder(path: str, *, frames: int | None = None, size: int | None = Non
   return vjepa.read_vjepa_encoder(path, frames=frames, size=size, key=key)
 
 
-def read_encoder_config(path: str, *, frames: int | None = None, size: int | None = None,
-                        key: str | None = None) -> ml_collections.ConfigDict:
+def read_encoder_config(
+  path: str, *, frames: int | None = None, size: int | None = None, key: str | None = None
+) -> ml_collections.ConfigDict:
   """The model config `read_encoder` would return, without reading the weights for a workdir or an export (a
   config step should not load gigabytes twice). A V-JEPA file's shapes are in its tensors, so it is read whole."""
   kind = _source_kind(path)
@@ -145,6 +159,7 @@ def encode(encoder: nnx.Module, video_BTHWC_uint8) -> jax.Array:
 def export_encoder(workdir: str, out_dir: str) -> str:
   """Write a workdir's target encoder as an encoder-only export: out_dir/weights (Orbax) + out_dir/encoder.json."""
   import orbax.checkpoint as ocp
+
   step, weights, model = _workdir_encoder(workdir)
   m = _encoder_config(model, None, None)
   vjepa.build(m, weights)  # checks names and shapes before anything is written
@@ -157,8 +172,13 @@ def export_encoder(workdir: str, out_dir: str) -> str:
   checkpointer.save(target, weights)
   checkpointer.wait_until_finished()
   checkpointer.close()
-  meta = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "model": config_lib.to_dict(m),
-          "source": os.path.abspath(workdir), "step": int(step)}
+  meta = {
+    "format": EXPORT_FORMAT,
+    "version": EXPORT_VERSION,
+    "model": config_lib.to_dict(m),
+    "source": os.path.abspath(workdir),
+    "step": int(step),
+  }
   with open(os.path.join(out_dir, "encoder.json.tmp"), "w") as f:
     json.dump(meta, f, indent=2, sort_keys=True)
   os.replace(os.path.join(out_dir, "encoder.json.tmp"), os.path.join(out_dir, "encoder.json"))
@@ -167,6 +187,7 @@ def export_encoder(workdir: str, out_dir: str) -> str:
 
 def main(argv):
   from absl import flags
+
   if len(argv) > 1:
     config_lib.die(f"unexpected arguments {argv[1:]}")
   try:
@@ -178,6 +199,7 @@ def main(argv):
 
 if __name__ == "__main__":
   from absl import app, flags
+
   # Flags are defined only when run as a script: importing this module next to other CLIs must not redefine them.
   flags.DEFINE_string("workdir", None, "A JEPA workdir: its newest checkpoint's EMA target encoder is exported.")
   flags.DEFINE_string("out", None, "Output directory: encoder.json and weights/ (Orbax) are written there.")

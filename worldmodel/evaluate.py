@@ -7,10 +7,12 @@ Reads DIR/config.json, restores the newest checkpoint (or --step), runs the obje
 and writes DIR/eval/<step>/metrics.json plus media (GIF truth | reconstruction, PNG plots) and TensorBoard scalars
 under DIR/tb/eval_<split>/. --data points at another dataset directory (same frame size) than the one trained on.
 """
+
 from __future__ import annotations
 
 if __name__ == "__main__":  # first, before the heavy imports: restart under tcmalloc (worldmodel/allocator.py)
   from worldmodel import allocator
+
   allocator.use_tcmalloc()
 
 import json
@@ -18,9 +20,9 @@ import os
 import sys
 import time
 
-from absl import app, flags
 import jax
 import numpy as np
+from absl import app, flags
 
 from worldmodel import config as config_lib
 from worldmodel.parallel import distributed
@@ -33,20 +35,40 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
   _OUT = flags.DEFINE_string("out", None, "Output directory; default: WORKDIR/eval/<step>.")
   _BATCH = flags.DEFINE_integer("batch_size", None, "Eval batch size; default: config.eval.batch_size.")
   _MAX_CLIPS = flags.DEFINE_integer("max_clips", None, "Evaluate at most this many clips (default: the whole split).")
-  _ALL_STEPS = flags.DEFINE_boolean("all_steps", False, "Evaluate every checkpoint in the workdir (oldest first) and "
-                                    "plot each metric against the step in WORKDIR/eval/all_steps/.")
+  _ALL_STEPS = flags.DEFINE_boolean(
+    "all_steps",
+    False,
+    "Evaluate every checkpoint in the workdir (oldest first) and "
+    "plot each metric against the step in WORKDIR/eval/all_steps/.",
+  )
   _PERCEPTUAL = flags.DEFINE_string(
-      "perceptual", "", "Tokenizer runs: also compute 'lpips' and / or 'fvd' (comma-separated; needs the [metrics] "
-      "extra: pip install -e '.[metrics]'). FVD is reported with its extractor, resolution, frames and clip count.")
+    "perceptual",
+    "",
+    "Tokenizer runs: also compute 'lpips' and / or 'fvd' (comma-separated; needs the [metrics] "
+    "extra: pip install -e '.[metrics]'). FVD is reported with its extractor, resolution, frames and clip count.",
+  )
   _PROBES = flags.DEFINE_boolean("probes", True, "JEPA runs: fit the state probes (trained vs random-init vs pixels).")
-  _CONTEXT = flags.DEFINE_integer("context", None, "AC runs: observed frames each latent rollout starts from; "
-                                  "default: the run's model.context_frames.")
+  _CONTEXT = flags.DEFINE_integer(
+    "context",
+    None,
+    "AC runs: observed frames each latent rollout starts from; default: the run's model.context_frames.",
+  )
   flags.mark_flag_as_required("workdir")
 
 
-def evaluate(workdir: str, *, split: str = "test", data_dir: str | None = None, step: int | None = None,
-             out_dir: str | None = None, batch_size: int | None = None, max_clips: int | None = None,
-             probes: bool = True, perceptual: str = "", context: int | None = None) -> dict:
+def evaluate(
+  workdir: str,
+  *,
+  split: str = "test",
+  data_dir: str | None = None,
+  step: int | None = None,
+  out_dir: str | None = None,
+  batch_size: int | None = None,
+  max_clips: int | None = None,
+  probes: bool = True,
+  perceptual: str = "",
+  context: int | None = None,
+) -> dict:
   from worldmodel import checkpoint as ckpt_lib
   from worldmodel import runtime as runtime_lib
   from worldmodel.data import pipeline
@@ -57,8 +79,9 @@ def evaluate(workdir: str, *, split: str = "test", data_dir: str | None = None, 
     config.data.dir = data_dir
   if context is not None:
     if config.objective != "ac":
-      raise ValueError(f"--context={context}: only action-conditioned runs roll out; {workdir} is a "
-                       f"{config.objective!r} run")
+      raise ValueError(
+        f"--context={context}: only action-conditioned runs roll out; {workdir} is a {config.objective!r} run"
+      )
     config.model.context_frames = context
   try:
     mesh = mesh_lib.make_mesh(config.mesh)
@@ -75,17 +98,21 @@ def evaluate(workdir: str, *, split: str = "test", data_dir: str | None = None, 
   bs = batch_size or config.eval.batch_size
   bs = -(-bs // rt.mesh.size) * rt.mesh.size  # whole batches per device
   limit = max_clips if max_clips is not None else (config.eval.max_clips or None)
-  batches, num_clips = pipeline.eval_batches(config.data, split, bs, limit,
-                                             transform=runtime_lib.sample_transform(config, eval=True))
+  batches, num_clips = pipeline.eval_batches(
+    config.data, split, bs, limit, transform=runtime_lib.sample_transform(config, eval=True)
+  )
   config.eval.split = split  # evaluators that fit probes score them on this split
   if "probes" in config.eval:
     config.eval.probes = config.eval.probes and probes
   if perceptual:
     from worldmodel import perceptual as perceptual_lib
+
     perceptual_lib.parse(perceptual)
     if config.objective != "tokenizer":
-      raise ValueError(f"--perceptual={perceptual}: LPIPS / FVD compare pixels; a {config.objective!r} run "
-                       "predicts latents (use a tokenizer workdir)")
+      raise ValueError(
+        f"--perceptual={perceptual}: LPIPS / FVD compare pixels; a {config.objective!r} run "
+        "predicts latents (use a tokenizer workdir)"
+      )
     config.eval.perceptual = perceptual
   evaluator = rt.objective.Evaluator(rt.model(state), config, num_media=config.eval.num_media)
   lead = jax.process_index() == 0
@@ -101,8 +128,9 @@ def evaluate(workdir: str, *, split: str = "test", data_dir: str | None = None, 
     print(flush=True)
 
   out_dir = out_dir or os.path.join(workdir, "eval", str(step))
-  result = {"step": step, "split": split, "data": config.data.dir,
-            **evaluator.finish(out_dir, num_clips)} if lead else {}
+  result = (
+    {"step": step, "split": split, "data": config.data.dir, **evaluator.finish(out_dir, num_clips)} if lead else {}
+  )
   if lead:
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
       json.dump(result, f, indent=2)
@@ -114,18 +142,20 @@ def evaluate(workdir: str, *, split: str = "test", data_dir: str | None = None, 
 def _local_slice(batch: dict) -> dict:
   """Every process reads the same eval batch; each feeds its own contiguous slice to the global array."""
   n, p = jax.process_count(), jax.process_index()
-  return {k: np.asarray(v)[p * (len(v) // n):(p + 1) * (len(v) // n)] for k, v in batch.items()}
+  return {k: np.asarray(v)[p * (len(v) // n) : (p + 1) * (len(v) // n)] for k, v in batch.items()}
 
 
 def _gather(out: dict) -> dict:
   if jax.process_count() == 1:
     return jax.device_get(out)
   from jax.experimental import multihost_utils
+
   return multihost_utils.process_allgather(out, tiled=True)
 
 
 def _tensorboard(workdir: str, split: str, step: int, result: dict) -> None:
   from tensorboardX import SummaryWriter
+
   with SummaryWriter(os.path.join(workdir, "tb", f"eval_{split}")) as tb:
     for k, v in result.items():
       if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -139,6 +169,7 @@ def _print_table(result: dict, out_dir: str) -> None:
         yield from flat(v, f"{prefix}{k}/")
       elif isinstance(v, (int, float)) and not isinstance(v, bool):
         yield f"{prefix}{k}", v
+
   scalars = dict(flat(result))
   width = max(map(len, scalars))
   print(f"{'metric':<{width}}  value")
@@ -153,6 +184,7 @@ def evaluate_all_steps(workdir: str, **kwargs) -> dict:
   """Every checkpoint in turn; then metrics.json + one PNG per scalar metric against the step."""
   from worldmodel import checkpoint as ckpt_lib
   from worldmodel import media
+
   config = config_lib.load_workdir_config(workdir)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
   steps = ckpt.steps()
@@ -166,8 +198,17 @@ def evaluate_all_steps(workdir: str, **kwargs) -> dict:
   os.makedirs(out_dir, exist_ok=True)
   keys = [k for k, v in rows[-1].items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"]
   series = {k: [r.get(k, float("nan")) for r in rows] for k in keys}
-  plots = {k: media.plot_curves(os.path.join(out_dir, k.replace("/", "_") + ".png"), {k: np.asarray(v)},
-                                "checkpoint step", k, f"{k} vs step", x=np.asarray(steps)) for k, v in series.items()}
+  plots = {
+    k: media.plot_curves(
+      os.path.join(out_dir, k.replace("/", "_") + ".png"),
+      {k: np.asarray(v)},
+      "checkpoint step",
+      k,
+      f"{k} vs step",
+      x=np.asarray(steps),
+    )
+    for k, v in series.items()
+  }
   result = {"steps": steps, "metrics": series, "plots": plots}
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
     json.dump(result, f, indent=2)
@@ -179,9 +220,17 @@ def main(argv):
   distributed.start(argv)
   from worldmodel.checkpoint import CheckpointError
   from worldmodel.data.records import DatasetError
+
   try:
-    kwargs = dict(split=_SPLIT.value, data_dir=_DATA.value, batch_size=_BATCH.value, max_clips=_MAX_CLIPS.value,
-                  probes=_PROBES.value, perceptual=_PERCEPTUAL.value, context=_CONTEXT.value)
+    kwargs = dict(
+      split=_SPLIT.value,
+      data_dir=_DATA.value,
+      batch_size=_BATCH.value,
+      max_clips=_MAX_CLIPS.value,
+      probes=_PROBES.value,
+      perceptual=_PERCEPTUAL.value,
+      context=_CONTEXT.value,
+    )
     if _ALL_STEPS.value:
       evaluate_all_steps(_WORKDIR.value, **kwargs)
     else:

@@ -5,6 +5,7 @@ imported by `worldmodel.importers.vjepa`). Every top-level part of the new model
 extra: target_encoder, ...) that the source also has is copied, after checking names and shapes; the rest keeps its
 fresh initialisation. The optimizer state always starts fresh.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,11 +27,13 @@ def source_tree(src: str, config) -> tuple[dict, str]:
     if not os.path.exists(src):
       raise ckpt_lib.CheckpointError(f"init.source {src}: no such file")
     from worldmodel.importers import vjepa
+
     weights = vjepa.encoder_weights(src, config.model, key=config.init.get("key") or None)
     return {"params": {"encoder": weights}, "extra": {"target_encoder": weights}}, src
   raise ckpt_lib.CheckpointError(
-      f"init.source {src!r} is neither a worldmodel workdir nor a V-JEPA checkpoint; supported: a workdir "
-      f"(config.json + checkpoints/), or an encoder file ending in {', '.join(TORCH_FORMATS)}")
+    f"init.source {src!r} is neither a worldmodel workdir nor a V-JEPA checkpoint; supported: a workdir "
+    f"(config.json + checkpoints/), or an encoder file ending in {', '.join(TORCH_FORMATS)}"
+  )
 
 
 def initialize_from(rt, state: dict) -> dict:
@@ -46,7 +49,8 @@ def initialize_from(rt, state: dict) -> dict:
   if not loaded:
     have = sorted(f"{g}/{n}" for g in ("params", "extra") for n in tree[g])
     want = sorted(f"{g}/{n}" for g in ("params", "extra") for n in state[g])
-    raise ckpt_lib.CheckpointError(f"init.source {where} has nothing this model uses: it holds {have}, the model "
-                                   f"has {want}")
+    raise ckpt_lib.CheckpointError(
+      f"init.source {where} has nothing this model uses: it holds {have}, the model has {want}"
+    )
   print(f"initialised {', '.join(loaded)} from {where}", flush=True)
   return state

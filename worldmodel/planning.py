@@ -9,6 +9,7 @@ functions with a `fori_loop` inside; jit the whole plan step once, closing over 
     cost_fn = lambda a_NHA: model_cost(params, obs_CHWC, past_KA, goal_HWC, a_NHA)
     return cem(cost_fn, key, horizon=H, low_A=lo, high_A=hi, init_mean_HA=warm_HA)[0]
 """
+
 from __future__ import annotations
 
 import time
@@ -45,9 +46,21 @@ def _costs(cost_fn, actions_NHA):
   return jnp.where(jnp.isnan(cost_N), jnp.inf, cost_N)  # a diverging rollout must not win
 
 
-def cem(cost_fn: CostFn, key, *, horizon: int, low_A, high_A, samples: int = 64, elites: int = 8,
-        iterations: int = 5, momentum: float = 0.1, init_mean_HA=None, init_std=None,
-        min_std: float = 0.05) -> tuple[jax.Array, dict]:
+def cem(
+  cost_fn: CostFn,
+  key,
+  *,
+  horizon: int,
+  low_A,
+  high_A,
+  samples: int = 64,
+  elites: int = 8,
+  iterations: int = 5,
+  momentum: float = 0.1,
+  init_mean_HA=None,
+  init_std=None,
+  min_std: float = 0.05,
+) -> tuple[jax.Array, dict]:
   """Cross-entropy method over action sequences [H,A] clipped to [low_A, high_A].
 
   Each iteration samples `samples` Gaussian sequences (sample 0 = current mean), refits mean/std
@@ -77,9 +90,19 @@ def cem(cost_fn: CostFn, key, *, horizon: int, low_A, high_A, samples: int = 64,
   return mean_HA, {"best_HA": best_HA, "best_cost": best_cost, "elite_cost_I": elite_cost_I}
 
 
-def mppi(cost_fn: CostFn, key, *, horizon: int, low_A, high_A, samples: int = 64,
-         iterations: int = 3, temperature: float = 0.1, init_mean_HA=None, init_std=None
-         ) -> tuple[jax.Array, dict]:
+def mppi(
+  cost_fn: CostFn,
+  key,
+  *,
+  horizon: int,
+  low_A,
+  high_A,
+  samples: int = 64,
+  iterations: int = 3,
+  temperature: float = 0.1,
+  init_mean_HA=None,
+  init_std=None,
+) -> tuple[jax.Array, dict]:
   """MPPI: mean <- softmax(-cost / T)-weighted average of the samples, std fixed. T is
   `temperature` times the batch's cost range, so it needs no tuning to a model's cost scale."""
   low_A, high_A, mean_HA, std_HA = _init(horizon, low_A, high_A, init_mean_HA, init_std)
@@ -96,8 +119,7 @@ def mppi(cost_fn: CostFn, key, *, horizon: int, low_A, high_A, samples: int = 64
     mean_HA = jnp.einsum("n,nha->ha", w_N, actions_NHA)
     j = jnp.argmin(cost_N)
     better = cost_N[j] < best_cost
-    return (key, mean_HA, jnp.where(better, actions_NHA[j], best_HA),
-            jnp.where(better, cost_N[j], best_cost))
+    return (key, mean_HA, jnp.where(better, actions_NHA[j], best_HA), jnp.where(better, cost_N[j], best_cost))
 
   carry = (key, mean_HA, mean_HA, jnp.float32(jnp.inf))
   _, mean_HA, best_HA, best_cost = jax.lax.fori_loop(0, iterations, body, carry)
@@ -124,15 +146,20 @@ def _episode(env, seed: int, steps: int, act: Callable[..., np.ndarray]) -> dict
     dist.append(env.distance())
     succ.append(env.success())
   success_T = np.array(succ)
-  return {"frames_THWC": np.stack(frames), "goal_HWC": goal_HWC, "actions_TA": np.stack(actions),
-          "distance_T": np.array(dist, np.float32), "success_T": success_T,
-          "success": bool(success_T.any()), "final_success": bool(success_T[-1]),
-          "first_success": int(np.argmax(success_T)) if success_T.any() else -1,
-          "final_distance": float(dist[-1])}
+  return {
+    "frames_THWC": np.stack(frames),
+    "goal_HWC": goal_HWC,
+    "actions_TA": np.stack(actions),
+    "distance_T": np.array(dist, np.float32),
+    "success_T": success_T,
+    "success": bool(success_T.any()),
+    "final_success": bool(success_T[-1]),
+    "first_success": int(np.argmax(success_T)) if success_T.any() else -1,
+    "final_distance": float(dist[-1]),
+  }
 
 
-def run_mpc(env, plan_fn, *, steps: int, horizon: int, replan_every: int = 1, seed: int = 0,
-            context: int = 1) -> dict:
+def run_mpc(env, plan_fn, *, steps: int, horizon: int, replan_every: int = 1, seed: int = 0, context: int = 1) -> dict:
   """Receding-horizon control from `env.reset(seed)` toward `env.goal_frame()`.
 
   `plan_fn(obs_CHWC, goal_HWC, key, warm_start_HA, past_KA) -> actions_HA` sees the last `context` frames and the
@@ -147,8 +174,13 @@ def run_mpc(env, plan_fn, *, steps: int, horizon: int, replan_every: int = 1, se
   if context < 1:
     raise ValueError(f"context={context} must be >= 1 frame")
   low_A, high_A = np.asarray(env.low_A), np.asarray(env.high_A)
-  state = {"key": jax.random.key(seed), "warm_HA": np.tile((low_A + high_A) / 2, (horizon, 1)),
-           "plan_HA": None, "frames": [], "actions": []}
+  state = {
+    "key": jax.random.key(seed),
+    "warm_HA": np.tile((low_A + high_A) / 2, (horizon, 1)),
+    "plan_HA": None,
+    "frames": [],
+    "actions": [],
+  }
   plan_seconds = []
 
   def act(t, frame_HWC, goal_HWC):
@@ -160,7 +192,7 @@ def run_mpc(env, plan_fn, *, steps: int, horizon: int, replan_every: int = 1, se
     k = t % replan_every
     if k == 0:
       state["key"], sub = jax.random.split(state["key"])
-      past_KA = np.asarray(actions[len(actions) - context + 1:], np.float32).reshape(context - 1, len(low_A))
+      past_KA = np.asarray(actions[len(actions) - context + 1 :], np.float32).reshape(context - 1, len(low_A))
       start = time.perf_counter()
       plan_HA = np.asarray(plan_fn(np.stack(frames[-context:]), goal_HWC, sub, state["warm_HA"], past_KA))
       plan_seconds.append(time.perf_counter() - start)

@@ -4,13 +4,13 @@ attentive (learned queries cross-attending over the tokens, as V-JEPA's evaluati
 Features are the L spatial tokens of one time slot [n, L, D]; targets [n, S]; fit on one split, R² per state group
 on another. Targets and ridge inputs are standardised with train statistics.
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
 
 RIDGE_ALPHAS = np.logspace(-3, 4, 15)
 
@@ -20,8 +20,9 @@ def _standardise(train: np.ndarray, test: np.ndarray):
   return (train - mu) / sd, (test - mu) / sd, (mu, sd)
 
 
-def ridge_probe(x_train, y_train, x_test, y_test, *, holdout: float = 0.2,
-                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def ridge_probe(
+  x_train, y_train, x_test, y_test, *, holdout: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
   """Closed-form ridge; α chosen on a held-out part of the train split, then refit on all of it.
   Returns (test targets, test predictions), both standardised with the train statistics."""
   x_tr, x_te, _ = _standardise(np.asarray(x_train, np.float64), np.asarray(x_test, np.float64))
@@ -43,9 +44,15 @@ def _ridge(x, y, alpha):
 def _attentive_init(key, D: int, S: int, width: int, heads: int, queries: int) -> dict:
   k = jax.random.split(key, 5)
   glorot = jax.nn.initializers.glorot_uniform()
-  return {"query": 0.02 * jax.random.normal(k[1], (queries, heads, width // heads)),
-          "wk": glorot(k[2], (D, width)), "wv": glorot(k[3], (D, width)), "head": glorot(k[4], (queries * width, S)),
-          "head_b": jnp.zeros(S), "ln_scale": jnp.ones(D), "ln_bias": jnp.zeros(D)}
+  return {
+    "query": 0.02 * jax.random.normal(k[1], (queries, heads, width // heads)),
+    "wk": glorot(k[2], (D, width)),
+    "wv": glorot(k[3], (D, width)),
+    "head": glorot(k[4], (queries * width, S)),
+    "head_b": jnp.zeros(S),
+    "ln_scale": jnp.ones(D),
+    "ln_bias": jnp.zeros(D),
+  }
 
 
 def _attentive_apply(p: dict, x_nLD: jax.Array, heads: int) -> jax.Array:
@@ -60,9 +67,20 @@ def _attentive_apply(p: dict, x_nLD: jax.Array, heads: int) -> jax.Array:
   return jax.nn.gelu(pooled) @ p["head"] + p["head_b"]
 
 
-def attentive_probe(x_train, y_train, x_test, y_test, *, steps: int = 1500, batch: int = 128, lr: float = 5e-3,
-                    width: int = 128, heads: int = 4, queries: int = 4,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def attentive_probe(
+  x_train,
+  y_train,
+  x_test,
+  y_test,
+  *,
+  steps: int = 1500,
+  batch: int = 128,
+  lr: float = 5e-3,
+  width: int = 128,
+  heads: int = 4,
+  queries: int = 4,
+  seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
   """Learned queries attend over the tokens (no position embedding of the probe's own: position must come from the
   features); AdamW, MSE. Returns (test targets, test predictions), standardised with the train statistics."""
   x_tr, x_te = np.asarray(x_train, np.float32), np.asarray(x_test, np.float32)
@@ -80,12 +98,13 @@ def attentive_probe(x_train, y_train, x_test, y_test, *, steps: int = 1500, batc
       loss, g = jax.value_and_grad(lambda p: jnp.mean(jnp.square(_attentive_apply(p, x[i], heads) - y[i])))(params)
       upd, opt = tx.update(g, opt, params)
       return (optax.apply_updates(params, upd), opt), loss
+
     (params, _), losses = jax.lax.scan(step, (params, tx.init(params)), idx)
     return params, losses
 
   params, _ = train(params, jnp.asarray(x_tr), jnp.asarray(y_tr, jnp.float32), jnp.asarray(idx))
   apply = jax.jit(lambda p, x: _attentive_apply(p, x, heads))
-  pred = np.concatenate([np.asarray(apply(params, x_te[i:i + 512])) for i in range(0, len(x_te), 512)])
+  pred = np.concatenate([np.asarray(apply(params, x_te[i : i + 512])) for i in range(0, len(x_te), 512)])
   return y_te, pred
 
 

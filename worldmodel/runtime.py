@@ -6,6 +6,7 @@ The train state is a plain pytree (what Orbax saves):
   {"step": int32, "params": nnx.Param values, "extra": other model variables (e.g. VQ codebook EMA), "opt": optax state}
 Models are Flax NNX modules; inside jitted code we `nnx.merge` the graph definition with these values.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,15 +16,19 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 import ml_collections
 import optax
+from flax import nnx
 
 from worldmodel import checkpoint
 from worldmodel.parallel import mesh as mesh_lib
 
-OBJECTIVES = {"tokenizer": "worldmodel.objectives.tokenizer", "jepa": "worldmodel.objectives.jepa",
-              "ac": "worldmodel.objectives.ac", "finetune": "worldmodel.objectives.finetune"}
+OBJECTIVES = {
+  "tokenizer": "worldmodel.objectives.tokenizer",
+  "jepa": "worldmodel.objectives.jepa",
+  "ac": "worldmodel.objectives.ac",
+  "finetune": "worldmodel.objectives.finetune",
+}
 
 
 def get_objective(name: str):
@@ -54,34 +59,46 @@ def make_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
     return optax.warmup_constant_schedule(0.0, opt.lr, warmup)
   if kind == "wsd":
     decay = max(1, int(round(length * opt.get("decay_frac", 0.2))))
-    return optax.join_schedules([optax.warmup_constant_schedule(0.0, opt.lr, warmup),
-                                 optax.linear_schedule(opt.lr, end, decay)], [max(length - decay, warmup)])
+    return optax.join_schedules(
+      [optax.warmup_constant_schedule(0.0, opt.lr, warmup), optax.linear_schedule(opt.lr, end, decay)],
+      [max(length - decay, warmup)],
+    )
   raise ValueError(f"config key 'optim.schedule' must be 'cosine', 'wsd' or 'constant', got {kind!r}")
 
 
 def scale_by_tree(scales) -> optax.GradientTransformation:
   """Multiply each update by its own factor (a tree like the params; leaves broadcast): per-layer learning rates."""
+
   def update(updates, state, params=None):
     del params
     return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def make_optimizer(opt: ml_collections.ConfigDict, schedule: optax.Schedule,
-                   total_steps: int = 0, lr_scales=None) -> optax.GradientTransformation:
+def make_optimizer(
+  opt: ml_collections.ConfigDict, schedule: optax.Schedule, total_steps: int = 0, lr_scales=None
+) -> optax.GradientTransformation:
   """AdamW with global-norm clipping; `lr_scales` (e.g. layer-wise decay from the objective) scales the step of
   each parameter, weight decay included (as PyTorch's per-group lr does)."""
+
   # Weight decay on matrices only: biases, norms, mask tokens and position tables are left alone.
   def decay_mask(params):
     return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+
   wd = opt.weight_decay
   if opt.get("weight_decay_end") is not None and opt.weight_decay_end != opt.weight_decay:  # V-JEPA: cosine 0.04→0.4
-    wd = optax.cosine_decay_schedule(opt.weight_decay, schedule_steps(opt, total_steps),
-                                     alpha=opt.weight_decay_end / opt.weight_decay if opt.weight_decay else 0.0)
+    wd = optax.cosine_decay_schedule(
+      opt.weight_decay,
+      schedule_steps(opt, total_steps),
+      alpha=opt.weight_decay_end / opt.weight_decay if opt.weight_decay else 0.0,
+    )
     if not opt.weight_decay:
       raise ValueError("config key 'optim.weight_decay' must be > 0 when 'optim.weight_decay_end' is set")
-  chain = [optax.clip_by_global_norm(opt.grad_clip),
-           optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=wd, mask=decay_mask)]
+  chain = [
+    optax.clip_by_global_norm(opt.grad_clip),
+    optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=wd, mask=decay_mask),
+  ]
   return optax.chain(*chain, *([scale_by_tree(lr_scales)] if lr_scales is not None else []))
 
 
@@ -104,6 +121,7 @@ class Runtime:
     own = getattr(self.objective, "LOADS_INIT_SOURCE", False)  # e.g. finetune: maps the source onto its own parts
     if self.config.get("init") and self.config.init.get("source") and not own:  # warm start: pretrained weights first
       from worldmodel import init_from
+
       state = init_from.initialize_from(self, state)
     initialize = getattr(self.objective, "initialize", None)
     return initialize(self, state) if initialize else state
@@ -113,13 +131,18 @@ class Runtime:
 
   @functools.cached_property
   def train_step(self) -> Callable:
-    return jax.jit(functools.partial(_train_step, self), in_shardings=(self.state_shardings, None),
-                   out_shardings=(self.state_shardings, None), donate_argnums=(0,))
+    return jax.jit(
+      functools.partial(_train_step, self),
+      in_shardings=(self.state_shardings, None),
+      out_shardings=(self.state_shardings, None),
+      donate_argnums=(0,),
+    )
 
   @functools.cached_property
   def eval_step(self) -> Callable:
     def step(state, batch):
       return self.objective.eval_step(self.model(state), batch)
+
     return jax.jit(step, in_shardings=(self.state_shardings, None))
 
 
@@ -144,8 +167,14 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   param_sh = mesh_lib.shardings_for(abs_params, param_specs, mesh)
   extra_sh = mesh_lib.shardings_for(abs_extra, extra_specs, mesh)
   abs_opt = jax.eval_shape(tx.init, abs_params)
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abs_opt, param_sh, transform_non_params=lambda _: repl,
-                                 is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
+  opt_sh = optax.tree_map_params(
+    tx,
+    lambda _, s: s,
+    abs_opt,
+    param_sh,
+    transform_non_params=lambda _: repl,
+    is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding),
+  )
   shardings = {"step": repl, "params": param_sh, "extra": extra_sh, "opt": opt_sh}
   abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abs_params, "extra": abs_extra, "opt": abs_opt}
   abstract = checkpoint.abstract_with_shardings(abstract, shardings)
@@ -154,7 +183,12 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   def init():
     _, params, extra = _split(create())
     params = nnx.to_pure_dict(params)
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "extra": nnx.to_pure_dict(extra), "opt": tx.init(params)}
+    return {
+      "step": jnp.zeros((), jnp.int32),
+      "params": params,
+      "extra": nnx.to_pure_dict(extra),
+      "opt": tx.init(params),
+    }
 
   return Runtime(config, mesh, objective, graphdef, tx, schedule, shardings, abstract, init)
 

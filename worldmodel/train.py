@@ -10,10 +10,12 @@ Re-running the same command resumes from the newest checkpoint in DIR. SIGTERM c
 Multi-host: start one process per host (see launch/); pass --coordinator_address/--num_processes/--process_id
 or let jax.distributed detect SLURM / TPU / GKE.
 """
+
 from __future__ import annotations
 
 if __name__ == "__main__":  # first, before the heavy imports: restart under tcmalloc (worldmodel/allocator.py)
   from worldmodel import allocator
+
   allocator.use_tcmalloc()
 
 from absl import app, flags
@@ -23,8 +25,9 @@ from worldmodel import config as config_lib
 from worldmodel.parallel import distributed
 
 if __name__ == "__main__":  # flags only for the CLI: importing several CLI modules must not redefine them
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant], e.g. "
-                                            "experiments/tokenizer.py:tiny.", lock_config=True)
+  _CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file[:variant], e.g. experiments/tokenizer.py:tiny.", lock_config=True
+  )
   _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, tb/, config.json.")
   flags.mark_flags_as_required(["config", "workdir"])
 
@@ -33,6 +36,7 @@ def main(argv):
   distributed.start(argv)
   from worldmodel import trainer  # after distributed init: importing jax-using modules is fine, using devices is not
   from worldmodel.checkpoint import CheckpointError
+
   try:
     result = trainer.train(_CONFIG.value, _WORKDIR.value)
   except (config_lib.ConfigError, trainer.TrainError, CheckpointError, ValueError) as e:

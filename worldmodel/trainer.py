@@ -2,6 +2,7 @@
 
 Read top to bottom: checks (before any compile) → runtime (mesh, model, optimizer) → restore or init → loop.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,9 @@ import signal
 import time
 
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from worldmodel import checkpoint as ckpt_lib
 from worldmodel import config as config_lib
@@ -56,8 +57,10 @@ def _check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   new = config_lib.model_signature(json.loads(json.dumps(config_lib.to_dict(config))))
   if old != new:
     diffs = _diff(old, new)
-    raise TrainError(f"workdir {workdir} holds a different model ({'; '.join(diffs[:6])}). Use a new --workdir, "
-                     "or the same model config to resume; nothing was changed.")
+    raise TrainError(
+      f"workdir {workdir} holds a different model ({'; '.join(diffs[:6])}). Use a new --workdir, "
+      "or the same model config to resume; nothing was changed."
+    )
 
 
 def _diff(a, b, prefix=""):
@@ -73,7 +76,6 @@ def _diff(a, b, prefix=""):
 # Logging: console (process 0), metrics.jsonl, TensorBoard.
 # ---------------------------------------------------------------------------------------------------------------
 class MetricWriter:
-
   def __init__(self, workdir: str, total_steps: int):
     self.lead = jax.process_index() == 0
     self.total = total_steps
@@ -81,6 +83,7 @@ class MetricWriter:
     self.tb = None
     if self.lead:
       from tensorboardX import SummaryWriter
+
       self.tb = SummaryWriter(os.path.join(workdir, "tb"))
 
   def write(self, step: int, scalars: dict, *, steps_per_s: float | None = None) -> None:
@@ -151,11 +154,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   rt = runtime_lib.build(config)
   lead = jax.process_index() == 0
   if lead:
-    print(f"mesh: {mesh_lib.describe(rt.mesh)} | data: {config.data.dir} ({meta.get('source', '?')}) | "
-          f"workdir: {workdir}", flush=True)
+    print(
+      f"mesh: {mesh_lib.describe(rt.mesh)} | data: {config.data.dir} ({meta.get('source', '?')}) | workdir: {workdir}",
+      flush=True,
+    )
 
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
-                               async_save=config.checkpoint.async_save)
+  ckpt = ckpt_lib.Checkpointer(
+    os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
+  )
   state, start = _restore_or_init(rt, ckpt)
   if lead:  # only once the state exists: a run that failed to initialise leaves no config behind
     config_lib.save_json(config, workdir)
@@ -164,9 +170,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.close()
     return {"step": start}
 
-  data = iter(pipeline.train_dataset(config.data, seed=config.seed, global_batch=config.batch_size,
-                                     start_step=start, num_steps=config.total_steps - start,
-                                     transform=runtime_lib.sample_transform(config)))
+  data = iter(
+    pipeline.train_dataset(
+      config.data,
+      seed=config.seed,
+      global_batch=config.batch_size,
+      start_step=start,
+      num_steps=config.total_steps - start,
+      transform=runtime_lib.sample_transform(config),
+    )
+  )
   writer = MetricWriter(workdir, config.total_steps)
   preempt = _Preemption()
   cfg_dict = config_lib.to_dict(config)
@@ -198,8 +211,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           print(f"WARNING step {step}: representation may be collapsing: {'; '.join(warnings)}", flush=True)
         t_mark, steps_mark, wait_s = now, step, 0.0
       if due_ckpt:
-        ckpt.save(step, state, {"next_step": step, "seed": config.seed, "batch_size": config.batch_size,
-                                "samples_seen": step * config.batch_size}, cfg_dict, force=True)
+        ckpt.save(
+          step,
+          state,
+          {
+            "next_step": step,
+            "seed": config.seed,
+            "batch_size": config.batch_size,
+            "samples_seen": step * config.batch_size,
+          },
+          cfg_dict,
+          force=True,
+        )
       if stop:
         print(f"SIGTERM: saved checkpoint at step {step}; exiting", flush=True)
         break
@@ -214,8 +237,10 @@ def _restore_or_init(rt: runtime_lib.Runtime, ckpt: ckpt_lib.Checkpointer):
   if ckpt.steps():
     step, state, data_state = ckpt.restore(rt.abstract_state)
     if data_state.get("batch_size") not in (None, rt.config.batch_size):
-      raise TrainError(f"checkpoint step {step} was trained with batch_size {data_state['batch_size']}, "
-                       f"now {rt.config.batch_size}: the data order would not continue")
+      raise TrainError(
+        f"checkpoint step {step} was trained with batch_size {data_state['batch_size']}, "
+        f"now {rt.config.batch_size}: the data order would not continue"
+      )
     if data_state.get("next_step", step) != step:
       raise TrainError(f"checkpoint step {step} holds data position {data_state['next_step']}: inconsistent save")
     print(f"resumed from checkpoint step {step} (data position: sample {step * rt.config.batch_size})", flush=True)
@@ -239,5 +264,6 @@ def _next_batch(data, step: int) -> dict:
 def _check_finite(logs: dict, step: int) -> None:
   bad = [k for k, v in logs.items() if not math.isfinite(v)]
   if bad:
-    raise TrainError(f"non-finite {', '.join(bad)} at step {step}; stopping without saving (the last good "
-                     "checkpoint is intact)")
+    raise TrainError(
+      f"non-finite {', '.join(bad)} at step {step}; stopping without saving (the last good checkpoint is intact)"
+    )

@@ -7,6 +7,7 @@ round(keep · N) per set, so shapes never change and jit never recompiles: extra
 and a draw that leaves too little context is redrawn. Masks are a pure function of (seed, sample index), like the
 clips, so they resume and re-shard with the data order. Token ids are raster order (t slowest, then h, then w).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,14 @@ class MaskSet:
 
   @classmethod
   def from_config(cls, c) -> "MaskSet":
-    return cls(int(c.num_blocks), float(c.spatial_scale), tuple(float(a) for a in c.aspect_ratio),
-               float(c.temporal_scale), float(c.keep), str(c.get("anchor", "random")))
+    return cls(
+      int(c.num_blocks),
+      float(c.spatial_scale),
+      tuple(float(a) for a in c.aspect_ratio),
+      float(c.temporal_scale),
+      float(c.keep),
+      str(c.get("anchor", "random")),
+    )
 
 
 def context_count(mask_set: MaskSet, grid_THW: tuple[int, int, int]) -> int:
@@ -47,7 +54,7 @@ def _blocks_mask(rng: np.random.Generator, grid_THW, ms: MaskSet) -> np.ndarray:
     w = int(np.clip(round(np.sqrt(area / ar)), 1, W))
     t0 = T - t_len if ms.anchor == "end" else rng.integers(0, T - t_len + 1)
     h0, w0 = rng.integers(0, H - h + 1), rng.integers(0, W - w + 1)
-    masked[t0:t0 + t_len, h0:h0 + h, w0:w0 + w] = True
+    masked[t0 : t0 + t_len, h0 : h0 + h, w0 : w0 + w] = True
   return masked
 
 
@@ -88,9 +95,10 @@ def check_mask_sets(grid_THW, mask_sets: list[MaskSet], *, draws: int = 200) -> 
     counts = np.array([(~_blocks_mask(rng, grid_THW, ms)).sum() for _ in range(draws)])
     if np.mean(counts >= k) < 0.1:
       raise ValueError(
-          f"{where}: {ms.num_blocks} blocks of scale {ms.spatial_scale} leave {counts.mean() / n:.1%} of the {n} "
-          f"tokens unmasked on average (at most {counts.max()}), but keep={ms.keep} asks for {k} context tokens in "
-          f"every sample. Lower 'keep' or use fewer / smaller blocks.")
+        f"{where}: {ms.num_blocks} blocks of scale {ms.spatial_scale} leave {counts.mean() / n:.1%} of the {n} "
+        f"tokens unmasked on average (at most {counts.max()}), but keep={ms.keep} asks for {k} context tokens in "
+        f"every sample. Lower 'keep' or use fewer / smaller blocks."
+      )
     out.append(float(counts.mean() / n))
   return out
 

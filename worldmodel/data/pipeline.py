@@ -5,6 +5,7 @@ perm(seed, epoch)[g % num_episodes] with a window start from rng(seed, g). The b
 [k·B, (k+1)·B); process p of P reads its contiguous slice. So resuming needs only the step (saved with every
 checkpoint as the data position), and the global batch does not depend on how many processes read it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,8 +39,10 @@ def open_sources(data_cfg, split: str) -> list:
 def mixture_weights(data_cfg, n: int) -> np.ndarray:
   w = np.asarray(data_cfg.get("weights") or [1.0] * n, np.float64)
   if len(w) != n or np.any(w < 0) or w.sum() <= 0:
-    raise ValueError(f"config key 'data.weights' {tuple(w)} must hold {n} non-negative weights, one per "
-                     f"dataset in data.dir, not all zero")
+    raise ValueError(
+      f"config key 'data.weights' {tuple(w)} must hold {n} non-negative weights, one per "
+      f"dataset in data.dir, not all zero"
+    )
   return w / w.sum()
 
 
@@ -59,9 +62,10 @@ def resize_clip(video_THWC: np.ndarray, size: int) -> np.ndarray:
   if H == W == size:
     return video_THWC
   from PIL import Image
+
   s = min(H, W)
   top, left = (H - s) // 2, (W - s) // 2
-  crop = video_THWC[:, top:top + s, left:left + s]
+  crop = video_THWC[:, top : top + s, left : left + s]
   return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BOX)) for f in crop])
 
 
@@ -97,8 +101,10 @@ class ClipSampler:
     ep = src[episode]
     length = ep["video"].shape[0]
     if length < self.span:
-      raise records.DatasetError(f"{src.data_dir}: episode {episode} has {length} frames; a clip needs {self.span} "
-                                 f"(num_frames={self.num_frames}, frame_stride={self.stride})")
+      raise records.DatasetError(
+        f"{src.data_dir}: episode {episode} has {length} frames; a clip needs {self.span} "
+        f"(num_frames={self.num_frames}, frame_stride={self.stride})"
+      )
     start = int(np.random.default_rng([self.seed, g, 11]).integers(0, length - self.span + 1))
     return checked_clip(window(ep, start, self.span, self.stride), self.size, src, episode)
 
@@ -108,15 +114,17 @@ def checked_clip(clip: dict, size: int, src, episode: int) -> dict:
     clip["video"] = resize_clip(clip["video"], size)
   shape = clip["video"].shape
   if len(shape) != 4 or shape[-1] != 3 or (size and shape[1:3] != (size, size)):
-    raise records.DatasetError(f"{src.data_dir}: split {src.split!r} episode {episode} has video of shape {shape}; "
-                               f"expected [T,{size or 'H'},{size or 'W'},3]")
+    raise records.DatasetError(
+      f"{src.data_dir}: split {src.split!r} episode {episode} has video of shape {shape}; "
+      f"expected [T,{size or 'H'},{size or 'W'},3]"
+    )
   return clip
 
 
 def window(ep: dict, start: int, span: int, stride: int) -> dict:
   """Slice every per-step array the same way, so action[t] / state[t] stay aligned with video[t]; a clip keeps
   its episode's class label."""
-  clip = {k: np.asarray(ep[k][start:start + span:stride]) for k in KEYS if k in ep}
+  clip = {k: np.asarray(ep[k][start : start + span : stride]) for k in KEYS if k in ep}
   if "label" in ep:
     clip["label"] = np.asarray(ep["label"], np.int32)
   return clip
@@ -125,8 +133,9 @@ def window(ep: dict, start: int, span: int, stride: int) -> dict:
 class _Sample:
   """Picklable grain map: local element i → global sample index → clip."""
 
-  def __init__(self, sampler: ClipSampler, start_step: int, global_batch: int, local_batch: int, process: int,
-               transform=None):
+  def __init__(
+    self, sampler: ClipSampler, start_step: int, global_batch: int, local_batch: int, process: int, transform=None
+  ):
     self.sampler, self.start_step, self.transform = sampler, start_step, transform
     self.global_batch, self.local_batch, self.process = global_batch, local_batch, process
 
@@ -137,9 +146,17 @@ class _Sample:
     return self.transform(clip, g) if self.transform else clip
 
 
-def train_dataset(data_cfg, *, seed: int, global_batch: int, start_step: int, num_steps: int,
-                  process_index: int | None = None, process_count: int | None = None,
-                  transform=None) -> grain.IterDataset:
+def train_dataset(
+  data_cfg,
+  *,
+  seed: int,
+  global_batch: int,
+  start_step: int,
+  num_steps: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  transform=None,
+) -> grain.IterDataset:
   """The per-process iterator for steps [start_step, start_step + num_steps).
 
   `transform(clip, g)` adds per-sample extras (e.g. JEPA masks) as a pure function of the global sample index g.
@@ -150,12 +167,17 @@ def train_dataset(data_cfg, *, seed: int, global_batch: int, start_step: int, nu
     raise ValueError(f"batch_size {global_batch} is not divisible by the {n} processes")
   local = global_batch // n
   sources = open_sources(data_cfg, data_cfg.train_split)
-  sampler = ClipSampler(sources, seed, data_cfg.num_frames, data_cfg.frame_stride,
-                        weights=mixture_weights(data_cfg, len(sources)), size=frame_size(data_cfg))
+  sampler = ClipSampler(
+    sources,
+    seed,
+    data_cfg.num_frames,
+    data_cfg.frame_stride,
+    weights=mixture_weights(data_cfg, len(sources)),
+    size=frame_size(data_cfg),
+  )
   ds = grain.MapDataset.range(num_steps * local).map(_Sample(sampler, start_step, global_batch, local, p, transform))
   ds = ds.batch(local, drop_remainder=True)
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.read_threads,
-                                            prefetch_buffer_size=data_cfg.prefetch))
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.read_threads, prefetch_buffer_size=data_cfg.prefetch))
   if data_cfg.workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.workers))
   return it
@@ -174,8 +196,9 @@ def eval_windows(sources, num_frames: int, stride: int, max_clips: int | None = 
   return out
 
 
-def eval_batches(data_cfg, split: str, batch_size: int, max_clips: int | None = None,
-                 transform=None) -> tuple[Iterator[dict], int]:
+def eval_batches(
+  data_cfg, split: str, batch_size: int, max_clips: int | None = None, transform=None
+) -> tuple[Iterator[dict], int]:
   """Deterministic pass over a split; the last batch is padded and carries `valid` (1 real clip, 0 padding).
 
   `transform(clip, k)` as in train_dataset, with k the clip's index in the split.
@@ -184,8 +207,10 @@ def eval_batches(data_cfg, split: str, batch_size: int, max_clips: int | None = 
   size = frame_size(data_cfg)
   wins = eval_windows(sources, data_cfg.num_frames, data_cfg.frame_stride, max_clips)
   if not wins:
-    raise records.DatasetError(f"{data_cfg.dir} split {split!r}: no episode is long enough for a "
-                               f"{data_cfg.num_frames}-frame clip at stride {data_cfg.frame_stride}")
+    raise records.DatasetError(
+      f"{data_cfg.dir} split {split!r}: no episode is long enough for a "
+      f"{data_cfg.num_frames}-frame clip at stride {data_cfg.frame_stride}"
+    )
   span = (data_cfg.num_frames - 1) * data_cfg.frame_stride + 1
 
   def load(k: int) -> dict:

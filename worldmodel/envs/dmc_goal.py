@@ -7,6 +7,7 @@ as an image: the arm posed (analytic IK) with its fingertip on the target.
 
 Tasks plug in as a small `_GoalTask` subclass (goal pose, distance, success); see `TASKS`.
 """
+
 from __future__ import annotations
 
 import mujoco
@@ -97,8 +98,9 @@ TASKS = {"reacher-easy": _Reacher, "reacher-hard": _Reacher}
 class GoalEnv:
   """Pixel observations, goal image, distance/success for one dm_control task."""
 
-  def __init__(self, task: str = "reacher-easy", size: int = 64, camera: int = 0,
-               action_repeat: int = 1, seed: int = 0):
+  def __init__(
+    self, task: str = "reacher-easy", size: int = 64, camera: int = 0, action_repeat: int = 1, seed: int = 0
+  ):
     if task not in TASKS:
       raise ValueError(f"GoalEnv does not support {task!r}; supported tasks: {', '.join(sorted(TASKS))}")
     domain, _, name = task.partition("-")
@@ -188,8 +190,8 @@ class GoalEnv:
     init = np.empty(mujoco.mj_stateSize(m, spec))
     mujoco.mj_getState(m, d, init, spec)
     state_NTS, _ = rollout.rollout(m, self._rollout_data, init[None], control_NTA)
-    state_NTS = state_NTS[:, self.spec.action_repeat - 1::self.spec.action_repeat]
-    return state_NTS[..., 1:1 + m.nq]  # FULLPHYSICS layout: time, qpos, qvel, act, ...
+    state_NTS = state_NTS[:, self.spec.action_repeat - 1 :: self.spec.action_repeat]
+    return state_NTS[..., 1 : 1 + m.nq]  # FULLPHYSICS layout: time, qpos, qvel, act, ...
 
   def rollout_cost(self, actions_NHA) -> np.ndarray:
     """Oracle cost [N]: mean goal distance along each action sequence under the true physics."""
@@ -209,4 +211,5 @@ class GoalEnv:
     def cost_fn(actions_NHA):
       out = jax.ShapeDtypeStruct(actions_NHA.shape[:1], jnp.float32)
       return jax.pure_callback(self.rollout_cost, out, actions_NHA)
+
     return cost_fn

@@ -13,6 +13,7 @@ integer positions, so features there differ from what the PyTorch model would gi
 parameters: its 3-D RoPE is index based in both, so it matches at any size. Heads cannot be read from the weights:
 the published count for the width is used unless `heads` is given; a wrong count gives wrong features silently.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,10 @@ TORCH_SUFFIXES = (".pt", ".pth", ".tar")  # .tar: the original repos save `*.pth
 FORMATS = ".pt, .pth, .pth.tar (torch.save) or .safetensors"
 PREFIXES = ("module.", "backbone.")  # DDP and MultiMaskWrapper
 # Published heads per width. V-JEPA's ViT-g has 16 heads, V-JEPA 2's (vit_giant_xformers) 22.
-HEADS = {"vjepa": {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16},
-         "vjepa2": {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 22}}
+HEADS = {
+  "vjepa": {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16},
+  "vjepa2": {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 22},
+}
 
 
 def read_torch_state(path: str) -> dict[str, Any]:
@@ -64,8 +67,10 @@ def read_torch_state(path: str) -> dict[str, Any]:
     state = torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
     why = [l.strip() for l in str(e).splitlines() if "Unpickler error" in l] or [str(e).splitlines()[0]]
-    raise CheckpointError(f"refusing to load {path}: it is not a plain weights file, so the safe unpickler "
-                          f"(weights_only=True) rejected it and nothing in it was run ({why[0].split('. ')[0]})") from e
+    raise CheckpointError(
+      f"refusing to load {path}: it is not a plain weights file, so the safe unpickler "
+      f"(weights_only=True) rejected it and nothing in it was run ({why[0].split('. ')[0]})"
+    ) from e
   except Exception as e:  # noqa: BLE001 - truncated or not a torch file
     raise CheckpointError(f"could not read {path} with torch.load: {type(e).__name__}: {str(e)[:300]}") from e
   return _to_numpy(state, torch)
@@ -91,6 +96,7 @@ def _strip(name: str) -> str:
 def select_encoder(state: dict, key: str | None = None, *, what: str = "checkpoint") -> dict[str, np.ndarray]:
   """The encoder state_dict (prefixes `module.` / `backbone.` stripped) out of a training checkpoint
   (`key`, default 'target_encoder', the EMA encoder V-JEPA evaluates; else 'encoder') or a bare state_dict."""
+
   def clean(sd: dict) -> dict:
     return {_strip(str(k)): v for k, v in sd.items() if isinstance(v, np.ndarray)}
 
@@ -106,8 +112,10 @@ def select_encoder(state: dict, key: str | None = None, *, what: str = "checkpoi
   else:
     sd = clean(state)
   if "patch_embed.proj.weight" not in sd:
-    raise CheckpointError(f"{what} holds no V-JEPA encoder (no patch_embed.proj.weight after stripping "
-                          f"{'/'.join(PREFIXES)}); its top-level keys are {tops[:20]}")
+    raise CheckpointError(
+      f"{what} holds no V-JEPA encoder (no patch_embed.proj.weight after stripping "
+      f"{'/'.join(PREFIXES)}); its top-level keys are {tops[:20]}"
+    )
   return sd
 
 
@@ -120,8 +128,9 @@ def infer_config(sd: dict, heads: int | None = None) -> dict:
   """width, depth, heads, mlp_ratio, tubelet and version ('vjepa': sin-cos `pos_embed`; 'vjepa2': RoPE)."""
   width, chans, *tubelet = sd["patch_embed.proj.weight"].shape
   if chans != 3 or len(tubelet) != 3:
-    raise CheckpointError(f"patch_embed.proj.weight {sd['patch_embed.proj.weight'].shape}: expected a Conv3d over "
-                          "RGB video (D, 3, t, p, p)")
+    raise CheckpointError(
+      f"patch_embed.proj.weight {sd['patch_embed.proj.weight'].shape}: expected a Conv3d over RGB video (D, 3, t, p, p)"
+    )
   depth = 0
   while f"blocks.{depth}.norm1.weight" in sd:
     depth += 1
@@ -136,21 +145,39 @@ def infer_config(sd: dict, heads: int | None = None) -> dict:
   ratio = hidden / width
   if int(width * ratio) != hidden:  # our MLP is int(width * mlp_ratio) wide
     ratio = (hidden + 0.5) / width
-  return dict(width=int(width), depth=depth, heads=int(heads), mlp_ratio=ratio, tubelet=tuple(int(t) for t in tubelet),
-              version=version)
+  return dict(
+    width=int(width),
+    depth=depth,
+    heads=int(heads),
+    mlp_ratio=ratio,
+    tubelet=tuple(int(t) for t in tubelet),
+    version=version,
+  )
 
 
-def model_config(info: dict, *, frames: int, size: int, pos: str | None = None, dtype: str = "float32",
-                 scan_layers: bool = False) -> ml_collections.ConfigDict:
+def model_config(
+  info: dict, *, frames: int, size: int, pos: str | None = None, dtype: str = "float32", scan_layers: bool = False
+) -> ml_collections.ConfigDict:
   """The `model` config (VideoViT's keys) for an imported encoder at a clip size."""
   t, p, _ = info["tubelet"]
   if frames % t or size % p:
-    raise CheckpointError(f"clip {frames}x{size}x{size} does not tile into the checkpoint's {info['tubelet']} "
-                          "tubelets: frames must be a multiple of t and size of p")
+    raise CheckpointError(
+      f"clip {frames}x{size}x{size} does not tile into the checkpoint's {info['tubelet']} "
+      "tubelets: frames must be a multiple of t and size of p"
+    )
   pos = pos or ("sincos" if info["version"] == "vjepa" else "rope")
-  return ml_collections.ConfigDict(dict(
-      frames=frames, size=size, tubelet=info["tubelet"], pos=pos, dtype=dtype, remat="none", scan_layers=scan_layers,
-      encoder={k: info[k] for k in ("width", "depth", "heads", "mlp_ratio")}))
+  return ml_collections.ConfigDict(
+    dict(
+      frames=frames,
+      size=size,
+      tubelet=info["tubelet"],
+      pos=pos,
+      dtype=dtype,
+      remat="none",
+      scan_layers=scan_layers,
+      encoder={k: info[k] for k in ("width", "depth", "heads", "mlp_ratio")},
+    )
+  )
 
 
 def _sincos_grid(pos_embed_ND: np.ndarray) -> tuple[int, int, int] | None:
@@ -169,15 +196,21 @@ def _check_positions(sd: dict, m: ml_collections.ConfigDict) -> None:
   grid = _sincos_grid(table) if table is not None else None
   if m.pos == "sincos":
     if table is None:
-      raise CheckpointError("the checkpoint has no pos_embed (a V-JEPA 2 RoPE encoder) but model.pos='sincos'; "
-                            "set model.pos (or pos=) to 'rope'")
+      raise CheckpointError(
+        "the checkpoint has no pos_embed (a V-JEPA 2 RoPE encoder) but model.pos='sincos'; "
+        "set model.pos (or pos=) to 'rope'"
+      )
     if grid is None:
-      raise CheckpointError(f"the checkpoint's pos_embed {sd['pos_embed'].shape} is not V-JEPA's 3-D sin-cos table "
-                            "(uniform_power) at any square grid, so it cannot be regenerated; if the encoder uses "
-                            "RoPE and this buffer is unused, set model.pos (or pos=) to 'rope'")
+      raise CheckpointError(
+        f"the checkpoint's pos_embed {sd['pos_embed'].shape} is not V-JEPA's 3-D sin-cos table "
+        "(uniform_power) at any square grid, so it cannot be regenerated; if the encoder uses "
+        "RoPE and this buffer is unused, set model.pos (or pos=) to 'rope'"
+      )
   elif grid is not None:
-    raise CheckpointError(f"the checkpoint adds a sin-cos pos_embed (V-JEPA, grid {grid}) but model.pos='rope'; "
-                          "set model.pos (or pos=) to 'sincos'")
+    raise CheckpointError(
+      f"the checkpoint adds a sin-cos pos_embed (V-JEPA, grid {grid}) but model.pos='rope'; "
+      "set model.pos (or pos=) to 'sincos'"
+    )
 
 
 def _heads_major(w: np.ndarray, heads: int) -> np.ndarray:
@@ -218,20 +251,31 @@ def to_worldmodel(sd: dict, model_cfg: ml_collections.ConfigDict) -> dict:
   for i in range(sum(k.endswith(".norm1.weight") and k.startswith("blocks.") for k in ckpt)):
     b = f"blocks.{i}."
     qkv_w, qkv_b = take(b + "attn.qkv.weight"), take(b + "attn.qkv.bias")
-    blocks.append({"norm1": norm(b + "norm1"), "norm2": norm(b + "norm2"),
-                   "attn": {"qkv": {"kernel": _heads_major(qkv_w, heads).T, "bias": _heads_major(qkv_b, heads)},
-                            "out": linear(b + "attn.proj")},
-                   "mlp": {"up": linear(b + "mlp.fc1"), "down": linear(b + "mlp.fc2")}})
+    blocks.append(
+      {
+        "norm1": norm(b + "norm1"),
+        "norm2": norm(b + "norm2"),
+        "attn": {
+          "qkv": {"kernel": _heads_major(qkv_w, heads).T, "bias": _heads_major(qkv_b, heads)},
+          "out": linear(b + "attn.proj"),
+        },
+        "mlp": {"up": linear(b + "mlp.fc1"), "down": linear(b + "mlp.fc2")},
+      }
+    )
   if m.scan_layers and blocks:  # scanned layers: one stacked array per parameter
     stack = jax.tree.map(lambda *xs: np.stack(xs) if len({x.shape for x in xs}) == 1 else np.zeros((0,)), *blocks)
   else:
     stack = dict(enumerate(blocks))
-  loaded = {"patch_embed": {"kernel": kernel, "bias": take("patch_embed.proj.bias")}, "norm": norm("norm"),
-            "blocks": {"blocks": stack}}
+  loaded = {
+    "patch_embed": {"kernel": kernel, "bias": take("patch_embed.proj.bias")},
+    "norm": norm("norm"),
+    "blocks": {"blocks": stack},
+  }
   unknown = sorted(set(ckpt) - used)
   if unknown:
-    raise CheckpointError(f"the checkpoint has parameters VideoViT does not (e.g. SwiGLU, qk-norm or a CLS token): "
-                          f"{unknown[:12]}")
+    raise CheckpointError(
+      f"the checkpoint has parameters VideoViT does not (e.g. SwiGLU, qk-norm or a CLS token): {unknown[:12]}"
+    )
   if not all(f"blocks.{i}.attn.qkv.bias" in ckpt for i in range(len(blocks))):
     raise CheckpointError("the checkpoint's attention has no qkv bias; VideoViT's has (qkv_bias=True as V-JEPA)")
   abstract = nnx.eval_shape(lambda: vit.VideoViT(m, m.encoder, rngs=nnx.Rngs(0)))
@@ -257,9 +301,17 @@ def encoder_weights(path: str, model_cfg: ml_collections.ConfigDict, *, key: str
     raise CheckpointError(f"{path}: {e}") from e
 
 
-def read_vjepa_encoder(path: str, *, frames: int | None = None, size: int | None = None, key: str | None = None,
-                       heads: int | None = None, pos: str | None = None, dtype: str = "float32",
-                       scan_layers: bool = False) -> tuple[dict, ml_collections.ConfigDict]:
+def read_vjepa_encoder(
+  path: str,
+  *,
+  frames: int | None = None,
+  size: int | None = None,
+  key: str | None = None,
+  heads: int | None = None,
+  pos: str | None = None,
+  dtype: str = "float32",
+  scan_layers: bool = False,
+) -> tuple[dict, ml_collections.ConfigDict]:
   """(VideoViT weights as a pure dict, model ConfigDict) for `frames`×`size`² clips. Defaults: V-JEPA's own grid
   (from pos_embed), V-JEPA 2's published 16×256². `pos` overrides the position kind inferred from the checkpoint."""
   sd = select_encoder(read_torch_state(path), key, what=path)

@@ -6,6 +6,7 @@ one pass (teacher forcing); with `model.residual` the output is added to frame t
 at zero, so an untrained predictor is exactly "copy the last frame". Planning rolls out one frame at a time with
 cached keys / values (`init_cache`, `step`), which gives the same outputs as recomputing the whole sequence.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,7 +34,6 @@ def _table(frames: int, grid_hw: tuple[int, int], width: int) -> np.ndarray:
 
 
 class ACPredictor(nnx.Module):
-
   def __init__(self, m: ml_collections.ConfigDict, enc_dim: int, grid_hw: tuple[int, int], *, rngs: nnx.Rngs):
     p, dtype = m.predictor, jnp.dtype(m.dtype)
     self.width, self.heads, self.enc_dim = p.width, p.heads, enc_dim
@@ -46,14 +46,20 @@ class ACPredictor(nnx.Module):
     # Positions: a (t, h, w) sin-cos table; the action token of frame t sits at (t, 0, 0) plus its type embedding.
     self.grid_hw = tuple(grid_hw)
     # Unrolled layers: `step` walks them one by one with each layer's cache.
-    self.blocks = layers.BlockStack(lambda r: layers.ViTBlock(p.width, p.heads, p.mlp_ratio, rngs=r, dtype=dtype),
-                                    p.depth, rngs=rngs, scan=False, remat=m.remat)
+    self.blocks = layers.BlockStack(
+      lambda r: layers.ViTBlock(p.width, p.heads, p.mlp_ratio, rngs=r, dtype=dtype),
+      p.depth,
+      rngs=rngs,
+      scan=False,
+      remat=m.remat,
+    )
     self.norm = layers.layer_norm(p.width, rngs=rngs, dtype=dtype)
     # Residual: a zero readout makes the untrained predictor exactly "copy the last frame", the baseline it must beat
     # (with a random readout it started at 1.4x copy-last's error and had to unlearn the noise first).
     zero = nnx.initializers.zeros_init()
-    self.proj = layers.dense(p.width, enc_dim, axes=("tensor", "fsdp"), rngs=rngs, dtype=dtype,
-                             **({"init": zero} if self.residual else {}))
+    self.proj = layers.dense(
+      p.width, enc_dim, axes=("tensor", "fsdp"), rngs=rngs, dtype=dtype, **({"init": zero} if self.residual else {})
+    )
 
   @property
   def per_frame(self) -> int:

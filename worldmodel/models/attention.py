@@ -6,6 +6,7 @@ them is memory-bound. `jax.nn.dot_product_attention`'s XLA path makes ~10 such p
 forward in query blocks, and has a hand-written backward that recomputes P from the saved log-sum-exp (~2× faster
 end to end, BUILD_NOTES.md). Same FLOPs.
 """
+
 from __future__ import annotations
 
 import jax
@@ -47,9 +48,9 @@ def _forward_blocks(q_bhqd, k_bhdk, v_bhkd, bias):
   step = QUERY_CHUNK if Q >= 2 * QUERY_CHUNK and Q % QUERY_CHUNK == 0 else Q
   outs, lses = [], []
   for i in range(0, Q, step):
-    logits = jnp.matmul(q_bhqd[:, :, i:i + step], k_bhdk, preferred_element_type=jnp.float32)
+    logits = jnp.matmul(q_bhqd[:, :, i : i + step], k_bhdk, preferred_element_type=jnp.float32)
     if bias is not None:
-      logits = logits + (bias if bias.shape[-2] == 1 else bias[..., i:i + step, :])
+      logits = logits + (bias if bias.shape[-2] == 1 else bias[..., i : i + step, :])
     m = jnp.max(logits, axis=-1, keepdims=True)
     e = jnp.exp(logits - m)
     den = jnp.sum(e, axis=-1, keepdims=True)

@@ -4,6 +4,7 @@
 motion information the encoder keeps in individual tokens is reachable, unlike mean pooling), a residual MLP on
 the pooled vectors, then a linear read-out of the queries concatenated.
 """
+
 from __future__ import annotations
 
 import jax
@@ -15,9 +16,17 @@ from worldmodel.models.attention import dot_product_attention
 
 
 class AttentiveHead(nnx.Module):
-
-  def __init__(self, width: int, out_dim: int, *, heads: int, queries: int, mlp_ratio: float = 4.0,
-               rngs: nnx.Rngs, dtype=jnp.float32):
+  def __init__(
+    self,
+    width: int,
+    out_dim: int,
+    *,
+    heads: int,
+    queries: int,
+    mlp_ratio: float = 4.0,
+    rngs: nnx.Rngs,
+    dtype=jnp.float32,
+  ):
     if width % heads:
       raise ValueError(f"head width {width} is not divisible by {heads} heads")
     self.heads, self.queries = heads, queries

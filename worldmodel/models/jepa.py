@@ -4,6 +4,7 @@ The target encoder's weights are `EMA` variables, not `nnx.Param`: the runtime d
 only, so the target gets no gradients and no optimizer state; the objective's `after_update` moves it toward the
 encoder after every optimizer step.
 """
+
 from __future__ import annotations
 
 import jax
@@ -29,7 +30,6 @@ def retyped(module: nnx.Module, cls: type[nnx.Variable]) -> nnx.Module:
 
 
 class JEPA(nnx.Module):
-
   def __init__(self, m: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     self.encoder = vit.VideoViT(m, m.encoder, rngs=rngs)
     self.target_encoder = retyped(self.encoder, EMA)  # starts equal to the encoder, as in V-JEPA

@@ -4,6 +4,7 @@ Parameters are f32 ("master weights"); `dtype` is the compute dtype (bf16 on TPU
 Every kernel carries mesh-axis annotations: `fsdp` shards the input dimension of projections, `tensor` splits heads and
 the MLP hidden dimension (Megatron style: column-parallel in, row-parallel out).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -18,11 +19,19 @@ from worldmodel.models.attention import dot_product_attention
 _init = nnx.initializers.xavier_uniform()
 
 
-def dense(din: int, dout: int, *, axes: tuple, rngs: nnx.Rngs, dtype=jnp.float32, use_bias: bool = True,
-          init=_init) -> nnx.Linear:
-  return nnx.Linear(din, dout, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, rngs=rngs,
-                    kernel_init=nnx.with_partitioning(init, axes),
-                    bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)))
+def dense(
+  din: int, dout: int, *, axes: tuple, rngs: nnx.Rngs, dtype=jnp.float32, use_bias: bool = True, init=_init
+) -> nnx.Linear:
+  return nnx.Linear(
+    din,
+    dout,
+    use_bias=use_bias,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    rngs=rngs,
+    kernel_init=nnx.with_partitioning(init, axes),
+    bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
+  )
 
 
 def layer_norm(dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32) -> nnx.LayerNorm:
@@ -89,6 +98,7 @@ class SpaceTimeBlock(nnx.Module):
     x_BTND = x_BTND + h.transpose(0, 2, 1, 3)
     return x_BTND + self.mlp(self.norm_m(x_BTND))
 
+
 class ViTBlock(nnx.Module):
   """Pre-LN transformer block (V-JEPA's): x + attn(LN(x)), then x + MLP(LN(x))."""
 
@@ -115,30 +125,43 @@ class BlockStack(nnx.Module):
   pass; 'dots' keeps the matmul outputs and recomputes only the cheap elementwise work in between.
   """
 
-  def __init__(self, make_block: Callable[[nnx.Rngs], nnx.Module], depth: int, *, rngs: nnx.Rngs,
-               scan: bool = False, remat: str = "none"):
+  def __init__(
+    self,
+    make_block: Callable[[nnx.Rngs], nnx.Module],
+    depth: int,
+    *,
+    rngs: nnx.Rngs,
+    scan: bool = False,
+    remat: str = "none",
+  ):
     if remat not in REMAT_POLICIES:
       raise ValueError(f"unknown remat policy {remat!r}; use one of {sorted(REMAT_POLICIES)}")
     self.scan, self.remat = scan, remat
     if scan:
+
       @nnx.split_rngs(splits=depth)
       @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
       def create(r: nnx.Rngs):
         return make_block(r)
+
       self.blocks = create(rngs)
     else:
       self.blocks = nnx.List([make_block(rngs) for _ in range(depth)])
 
   def __call__(self, x: jax.Array, **kwargs) -> jax.Array:
     """kwargs (e.g. an attention mask or RoPE tables) go to every block unchanged."""
+
     def call(block, h):
       return block(h, **kwargs)
+
     if self.remat != "none":
       call = nnx.remat(call, policy=REMAT_POLICIES[self.remat])
     if self.scan:
+
       @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
       def body(block, h):
         return call(block, h)
+
       return body(self.blocks, x)
     for block in self.blocks:
       x = call(block, x)

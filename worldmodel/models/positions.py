@@ -3,6 +3,7 @@
 Both are functions of integer token coordinates, so a masked subset of tokens gets its positions by indexing, and a
 new resolution needs no interpolation.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,7 +53,7 @@ def rope_angles(coords_N3: jax.Array, head_dim: int) -> tuple[jax.Array, jax.Arr
   omega = 1.0 / 10000 ** (jnp.arange(d // 2, dtype=jnp.float32) / (d / 2.0))
   parts = []
   for a in range(3):
-    f = coords_N3[..., a:a + 1].astype(jnp.float32) * omega
+    f = coords_N3[..., a : a + 1].astype(jnp.float32) * omega
     parts.append(jnp.concatenate([f, f], axis=-1))
   angles = jnp.concatenate(parts, axis=-1)
   tail = head_dim - 3 * d

@@ -133,8 +133,17 @@ class VQ(nnx.Module):
   `restart_threshold` with random input vectors of the batch (needs `rng`).
   """
 
-  def __init__(self, num_codes: int, code_dim: int, *, rngs: nnx.Rngs, commitment: float = 0.25,
-               decay: float = 0.99, restart_threshold: float = 0.01, eps: float = 1e-5):
+  def __init__(
+    self,
+    num_codes: int,
+    code_dim: int,
+    *,
+    rngs: nnx.Rngs,
+    commitment: float = 0.25,
+    decay: float = 0.99,
+    restart_threshold: float = 0.01,
+    eps: float = 1e-5,
+  ):
     self.commitment, self.decay, self.eps = float(commitment), float(decay), float(eps)
     self.restart_threshold = float(restart_threshold)
     # Revived codes start with this count: they survive ~log(count/threshold)/(1-decay) unused steps.
@@ -178,8 +187,8 @@ class VQ(nnx.Module):
     else:
       metrics["vq/dead_codes"] = jnp.sum(self.ema_count[...] < self.restart_threshold).astype(jnp.float32)
     return QuantOut(
-      z_q.reshape(*lead, D).astype(z_BND.dtype), idx_N.reshape(lead),
-      self.commitment * commit_loss, metrics)
+      z_q.reshape(*lead, D).astype(z_BND.dtype), idx_N.reshape(lead), self.commitment * commit_loss, metrics
+    )
 
   def _ema_update(self, zn_ND: jax.Array, idx_N: jax.Array, rng: jax.Array | None) -> jax.Array:
     """EMA of cluster counts and sums, renormalise, then restart dead codes. Returns #codes restarted."""

@@ -3,6 +3,7 @@
 Time is causal throughout (a latent step only sees earlier steps), so tokens of a prefix do not depend on the future.
 Pixels enter as floats in [0, 1] and are mapped to [-1, 1] inside; the decoder predicts [-1, 1] values.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -10,16 +11,16 @@ from typing import NamedTuple
 import einops
 import jax
 import jax.numpy as jnp
-from flax import nnx
 import ml_collections
+from flax import nnx
 
 from worldmodel.models import layers
 from worldmodel.models.quantizers import FSQ, VQ, QuantOut
 
 
 class TokenizerOut(NamedTuple):
-  recon_BTHWC: jax.Array   # reconstruction in [-1, 1] (unclipped)
-  indices_BTN: jax.Array   # code index per latent token
+  recon_BTHWC: jax.Array  # reconstruction in [-1, 1] (unclipped)
+  indices_BTN: jax.Array  # code index per latent token
   quant: QuantOut
 
 
@@ -27,13 +28,18 @@ def make_quantizer(cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
   if cfg.kind == "fsq":
     return FSQ(tuple(cfg.levels), saturation_penalty=cfg.saturation_penalty)
   if cfg.kind == "vq":
-    return VQ(cfg.num_codes, cfg.code_dim, rngs=rngs, commitment=cfg.commitment, decay=cfg.decay,
-              restart_threshold=cfg.restart_threshold)
+    return VQ(
+      cfg.num_codes,
+      cfg.code_dim,
+      rngs=rngs,
+      commitment=cfg.commitment,
+      decay=cfg.decay,
+      restart_threshold=cfg.restart_threshold,
+    )
   raise ValueError(f"config key 'model.quantizer.kind' must be 'fsq' or 'vq', got {cfg.kind!r}")
 
 
 class VideoTokenizer(nnx.Module):
-
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     self.cfg = cfg
     dtype = jnp.dtype(cfg.dtype)
@@ -73,8 +79,9 @@ class VideoTokenizer(nnx.Module):
 
   def unpatchify(self, patches_BTNP: jax.Array) -> jax.Array:
     pt, ph, pw = self.cfg.tubelet
-    return einops.rearrange(patches_BTNP, "b t (h w) (pt ph pw c) -> b (t pt) (h ph) (w pw) c",
-                            h=self.grid[1], pt=pt, ph=ph, pw=pw, c=3)
+    return einops.rearrange(
+      patches_BTNP, "b t (h w) (pt ph pw c) -> b (t pt) (h ph) (w pw) c", h=self.grid[1], pt=pt, ph=ph, pw=pw, c=3
+    )
 
   def encode(self, video_BTHWC: jax.Array) -> jax.Array:
     """[0,1] pixels → continuous pre-quantisation latents z_BTND (D = code dim)."""

@@ -4,6 +4,7 @@ Tokens are 3-D tubelets (default 2×P×P) in raster order (t slowest). Both mode
 the context encoder only computes the tokens it sees; positions (fixed sin-cos table, or V-JEPA 2's 3-D RoPE) are
 looked up by id.
 """
+
 from __future__ import annotations
 
 import jax
@@ -68,8 +69,13 @@ class VideoViT(nnx.Module):
     patch_dim = int(np.prod(m.tubelet)) * 3
     self.patch_embed = layers.dense(patch_dim, e.width, axes=(None, "tensor"), rngs=rngs, dtype=dtype)
     self.pos = PositionTable(m.pos, self.grid, e.width, e.heads)
-    self.blocks = layers.BlockStack(lambda r: layers.ViTBlock(e.width, e.heads, e.mlp_ratio, rngs=r, dtype=dtype),
-                                    e.depth, rngs=rngs, scan=m.scan_layers, remat=m.remat)
+    self.blocks = layers.BlockStack(
+      lambda r: layers.ViTBlock(e.width, e.heads, e.mlp_ratio, rngs=r, dtype=dtype),
+      e.depth,
+      rngs=rngs,
+      scan=m.scan_layers,
+      remat=m.remat,
+    )
     self.norm = layers.layer_norm(e.width, rngs=rngs, dtype=dtype)
 
   @property
@@ -102,8 +108,13 @@ class Predictor(nnx.Module):
     self.embed = layers.dense(m.encoder.width, p.width, axes=("fsdp", "tensor"), rngs=rngs, dtype=dtype)
     self.mask_tokens = nnx.Param(jnp.zeros((num_mask_tokens, p.width)), out_sharding=(None, None))
     self.pos = PositionTable(m.pos, grid, p.width, p.heads)
-    self.blocks = layers.BlockStack(lambda r: layers.ViTBlock(p.width, p.heads, p.mlp_ratio, rngs=r, dtype=dtype),
-                                    p.depth, rngs=rngs, scan=m.scan_layers, remat=m.remat)
+    self.blocks = layers.BlockStack(
+      lambda r: layers.ViTBlock(p.width, p.heads, p.mlp_ratio, rngs=r, dtype=dtype),
+      p.depth,
+      rngs=rngs,
+      scan=m.scan_layers,
+      remat=m.remat,
+    )
     self.norm = layers.layer_norm(p.width, rngs=rngs, dtype=dtype)
     self.proj = layers.dense(p.width, m.encoder.width, axes=("tensor", "fsdp"), rngs=rngs, dtype=dtype)
 
@@ -121,7 +132,7 @@ class Predictor(nnx.Module):
       outs = jnp.split(self._blocks(jnp.concatenate(xs), jnp.concatenate(ids)), len(xs))
     else:
       outs = [self._blocks(x, i) for x, i in zip(xs, ids)]
-    return [self.proj(self.norm(o[:, c.shape[1]:])) for o, (c, _, _) in zip(outs, sets)]
+    return [self.proj(self.norm(o[:, c.shape[1] :])) for o, (c, _, _) in zip(outs, sets)]
 
   def _blocks(self, x_BLW: jax.Array, ids_BL: jax.Array) -> jax.Array:
     x_BLW, rope = self.pos.apply(x_BLW, ids_BL)

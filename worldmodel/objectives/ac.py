@@ -6,6 +6,7 @@ loss = L1 teacher forcing over the clip + L1 of a `model.rollout_steps`-step aut
 (`model.loss_exp=2`: half the squared error instead, as in the JEPA objective).
 The encoder's weights are `Frozen` variables: no gradients, no optimizer state, saved with every checkpoint.
 """
+
 from __future__ import annotations
 
 import jax
@@ -24,7 +25,6 @@ from worldmodel.objectives.jepa import layer_norm, regression_loss
 
 
 class ACModel(nnx.Module):
-
   def __init__(self, m: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     e = m.encoder_model
     self.tubelet, self.rollout_steps = tuple(e.tubelet), m.rollout_steps
@@ -62,9 +62,11 @@ def resolve_config(config: ml_collections.ConfigDict) -> None:
   AC workdir's config.json is self-contained."""
   m = config.model
   if not m.encoder_source:
-    raise ValueError("config key 'model.encoder_source' must name a pretrained encoder: a JEPA workdir (python -m "
-                     "worldmodel.train --config=experiments/jepa.py:...), an encoder export, or a V-JEPA .pt / "
-                     ".safetensors file; it is the frozen encoder of this model")
+    raise ValueError(
+      "config key 'model.encoder_source' must name a pretrained encoder: a JEPA workdir (python -m "
+      "worldmodel.train --config=experiments/jepa.py:...), an encoder export, or a V-JEPA .pt / "
+      ".safetensors file; it is the frozen encoder of this model"
+    )
   enc = encoders.read_encoder_config(m.encoder_source, key=m.get("encoder_key") or None)
   enc.frames, enc.remat = enc.tubelet[0], "none"  # every frame is encoded on its own (one tubelet)
   m.encoder_model = enc
@@ -72,8 +74,10 @@ def resolve_config(config: ml_collections.ConfigDict) -> None:
   if not m.action_dim:
     meta = records.read_meta(pipeline.data_dirs(config.data)[0], pipeline.feature_map(config.data))
     if not meta.get("action_dim"):
-      raise records.DatasetError(f"{config.data.dir}: no actions in this dataset (worldmodel.json has no "
-                                 "action_dim); an action-conditioned model needs the 'action' feature")
+      raise records.DatasetError(
+        f"{config.data.dir}: no actions in this dataset (worldmodel.json has no "
+        "action_dim); an action-conditioned model needs the 'action' feature"
+      )
     m.action_dim = int(meta["action_dim"])
 
 
@@ -83,8 +87,10 @@ def create_model(config: ml_collections.ConfigDict, rngs) -> ACModel:
 
 def batch_spec(config: ml_collections.ConfigDict, sharding) -> dict:
   m, B = config.model, config.batch_size
-  return {"video": jax.ShapeDtypeStruct((B, m.frames, m.size, m.size, 3), jnp.uint8, sharding=sharding),
-          "action": jax.ShapeDtypeStruct((B, m.frames, m.action_dim), jnp.float32, sharding=sharding)}
+  return {
+    "video": jax.ShapeDtypeStruct((B, m.frames, m.size, m.size, 3), jnp.uint8, sharding=sharding),
+    "action": jax.ShapeDtypeStruct((B, m.frames, m.action_dim), jnp.float32, sharding=sharding),
+  }
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -94,15 +100,19 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for key in ("width", "depth", "heads"):
     tok_obj._ints(f"model.predictor.{key}", (m.predictor[key],), minimum=1)
   if m.predictor.width % m.predictor.heads:
-    raise ValueError(f"config key 'model.predictor.width' ({m.predictor.width}) must be divisible by "
-                     f"'model.predictor.heads' ({m.predictor.heads})")
+    raise ValueError(
+      f"config key 'model.predictor.width' ({m.predictor.width}) must be divisible by "
+      f"'model.predictor.heads' ({m.predictor.heads})"
+    )
   if m.get("loss_exp", 1.0) not in (1, 2):
     raise ValueError(f"config key 'model.loss_exp' ({m.loss_exp}) must be 1 (L1) or 2 (squared error)")
   if m.frames < 2 or m.frames > m.max_frames:
     raise ValueError(f"config key 'model.frames' ({m.frames}) must be in 2..model.max_frames ({m.max_frames})")
   if not 1 <= m.get("context_frames", 1) < m.frames:
-    raise ValueError(f"config key 'model.context_frames' ({m.get('context_frames')}) must be in 1..model.frames - 1 "
-                     f"({m.frames - 1}): a rollout needs at least one frame to predict")
+    raise ValueError(
+      f"config key 'model.context_frames' ({m.get('context_frames')}) must be in 1..model.frames - 1 "
+      f"({m.frames - 1}): a rollout needs at least one frame to predict"
+    )
   if m.rollout_steps >= m.frames:
     raise ValueError(f"config key 'model.rollout_steps' ({m.rollout_steps}) must be < model.frames ({m.frames})")
 
@@ -151,10 +161,10 @@ def eval_step(model: ACModel, batch: dict) -> dict:
   preds = model.rollout(z[:, :C], a, T - C)
   teacher = _l1(model.predictor(z[:, :-1], a[:, :-1]), z[:, 1:], axis=(1, 2, 3))
   out = {"teacher_B": teacher}
-  for name, guess in (("rollout", preds), ("copy_last", z[:, C - 1:C])):
+  for name, guess in (("rollout", preds), ("copy_last", z[:, C - 1 : C])):
     err = guess.astype(jnp.float32) - z[:, C:]
     out[f"{name}_BH"] = jnp.mean(jnp.abs(err), axis=(2, 3))
-    out[f"{name}_mse_BH"] = jnp.mean(err ** 2, axis=(2, 3))
+    out[f"{name}_mse_BH"] = jnp.mean(err**2, axis=(2, 3))
   return out
 
 

@@ -13,6 +13,7 @@ Tasks (`model.task`):
   classify  a clip's `label` (e.g. `generate --source=video:DIR/*/*.mp4 --labels=dirname`); softmax cross-entropy,
             evaluated as accuracy, per class, and a confusion matrix
 """
+
 from __future__ import annotations
 
 import jax
@@ -47,15 +48,15 @@ def freeze(encoder: vit.VideoViT, mode: str, trainable_blocks: int) -> vit.Video
 
 
 class FinetuneModel(nnx.Module):
-
   def __init__(self, m: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     e = m.encoder_model
     self.task, self.slot_frames = m.task, e.tubelet[0]
     self.state_mean, self.state_std = tuple(m.get("state_mean") or ()), tuple(m.get("state_std") or ())
     self.periodic = tuple(m.get("periodic_state") or ())
     self.encoder = freeze(vit.VideoViT(e, e.encoder, rngs=rngs), m.mode, m.trainable_blocks)
-    self.head = heads.AttentiveHead(e.encoder.width, output_dim(m), heads=m.head.heads, queries=m.head.queries,
-                                    rngs=rngs, dtype=jnp.dtype(e.dtype))
+    self.head = heads.AttentiveHead(
+      e.encoder.width, output_dim(m), heads=m.head.heads, queries=m.head.queries, rngs=rngs, dtype=jnp.dtype(e.dtype)
+    )
 
   def __call__(self, video_BTHWC: jax.Array) -> jax.Array:
     if video_BTHWC.dtype == jnp.uint8:
@@ -75,8 +76,10 @@ def output_dim(m: ml_collections.ConfigDict) -> int:
 def resolve_config(config: ml_collections.ConfigDict) -> None:
   m, src = config.model, config.init.get("source")
   if not src:
-    raise ValueError("config key 'init.source' must name the pretrained encoder to fine-tune: a JEPA workdir, an "
-                     "encoder export (python -m worldmodel.encoders), or a V-JEPA .pt / .safetensors file")
+    raise ValueError(
+      "config key 'init.source' must name the pretrained encoder to fine-tune: a JEPA workdir, an "
+      "encoder export (python -m worldmodel.encoders), or a V-JEPA .pt / .safetensors file"
+    )
   if m.task not in TASKS:
     raise ValueError(f"config key 'model.task' must be one of {TASKS}, got {m.task!r}")
   enc = encoders.read_encoder_config(src, frames=m.frames, key=config.init.get("key") or None)
@@ -86,8 +89,10 @@ def resolve_config(config: ml_collections.ConfigDict) -> None:
   meta = records.read_meta(pipeline.data_dirs(config.data)[0], pipeline.feature_map(config.data))
   if m.task == "classify":
     if not meta.get("classes"):
-      raise records.DatasetError(f"{config.data.dir}: no class labels (worldmodel.json has no 'classes'); generate "
-                                 "the dataset with --source=video:DIR/*/*.mp4 --labels=dirname")
+      raise records.DatasetError(
+        f"{config.data.dir}: no class labels (worldmodel.json has no 'classes'); generate "
+        "the dataset with --source=video:DIR/*/*.mp4 --labels=dirname"
+      )
     m.classes = list(meta["classes"])
   else:
     if not meta.get("state_dim"):
@@ -96,8 +101,9 @@ def resolve_config(config: ml_collections.ConfigDict) -> None:
     if not m.state_mean:  # once per run: a resumed run keeps the statistics it started with
       mean, std = state_statistics(config.data, m.periodic_state)
       m.state_mean, m.state_std = [float(x) for x in mean], [float(x) for x in std]
-    _, m.state_groups = probes.state_targets(np.zeros((1, m.state_dim)), meta.get("state_groups") or {},
-                                             m.periodic_state)
+    _, m.state_groups = probes.state_targets(
+      np.zeros((1, m.state_dim)), meta.get("state_groups") or {}, m.periodic_state
+    )
 
 
 def state_statistics(data_cfg, periodic: list[int], max_episodes: int = 512) -> tuple[np.ndarray, np.ndarray]:
@@ -116,18 +122,23 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   depth = m.encoder_model.encoder.depth
   if m.mode == "partial":
     if not 1 <= m.trainable_blocks <= depth:
-      raise ValueError(f"config key 'model.trainable_blocks' ({m.trainable_blocks}) must be in 1..{depth} (the "
-                       "encoder's depth) for model.mode='partial'")
+      raise ValueError(
+        f"config key 'model.trainable_blocks' ({m.trainable_blocks}) must be in 1..{depth} (the "
+        "encoder's depth) for model.mode='partial'"
+      )
     if m.scan_layers:
       raise ValueError("model.mode='partial' freezes some blocks and not others: it needs model.scan_layers=False")
   if not 0 < config.optim.get("layer_decay", 1.0) <= 1:
     raise ValueError(f"config key 'optim.layer_decay' must be in (0, 1], got {config.optim.layer_decay}")
   if m.frames % m.encoder_model.tubelet[0]:
-    raise ValueError(f"config key 'model.frames' ({m.frames}) must be a multiple of the encoder's tubelet "
-                     f"{tuple(m.encoder_model.tubelet)}")
+    raise ValueError(
+      f"config key 'model.frames' ({m.frames}) must be a multiple of the encoder's tubelet "
+      f"{tuple(m.encoder_model.tubelet)}"
+    )
   if config.data.num_frames != m.frames:
-    raise ValueError(f"config keys 'data.num_frames' ({config.data.num_frames}) and 'model.frames' ({m.frames}) "
-                     "must agree")
+    raise ValueError(
+      f"config keys 'data.num_frames' ({config.data.num_frames}) and 'model.frames' ({m.frames}) must agree"
+    )
 
 
 def check_data(config: ml_collections.ConfigDict, frame_size: int) -> None:
@@ -189,6 +200,7 @@ def lr_scales(config: ml_collections.ConfigDict, params: dict) -> dict | None:
         return layer_scale.reshape((depth,) + (1,) * (len(leaf.shape) - 1))
       return np.float32(layer_scale[int(keys[3])])
     return np.float32(1.0)
+
   return jax.tree_util.tree_map_with_path(scale, params)
 
 

@@ -5,6 +5,7 @@ loss = mean over mask sets of L1(predictor(context), LayerNorm(target_encoder(cl
 is an EMA of the encoder (updated in `after_update`). Masks come from the data pipeline (`sample_transform`) with a
 fixed number of tokens per set. Collapse monitors are logged every step (`monitor/...`).
 """
+
 from __future__ import annotations
 
 import jax
@@ -57,8 +58,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for key in ("width", "depth", "heads"):
       tok_obj._ints(f"model.{part}.{key}", (m[part][key],), minimum=1)
     if m[part].width % m[part].heads:
-      raise ValueError(f"config key 'model.{part}.width' ({m[part].width}) must be divisible by "
-                       f"'model.{part}.heads' ({m[part].heads})")
+      raise ValueError(
+        f"config key 'model.{part}.width' ({m[part].width}) must be divisible by 'model.{part}.heads' ({m[part].heads})"
+      )
   for key, n in (("frames", 0), ("size", 1), ("size", 2)):
     if m[key] % m.tubelet[n]:
       raise ValueError(f"config key 'model.{key}' ({m[key]}) is not divisible by model.tubelet[{n}] ({m.tubelet[n]})")
@@ -97,15 +99,14 @@ def loss_fn(model: JEPA, batch: dict, *, rng: jax.Array, train: bool):
   target_BND, preds, targets = _forward(model, batch, names)
   per_set = [regression_loss(p, t, model.loss_exp) for p, t in zip(preds, targets)]
   loss = sum(per_set) / len(per_set)
-  logs = {"loss": loss, **{f"loss/{n}": l for n, l in zip(names, per_set)},
-          **monitors(model, target_BND, preds[0])}
+  logs = {"loss": loss, **{f"loss/{n}": l for n, l in zip(names, per_set)}, **monitors(model, target_BND, preds[0])}
   return loss, logs
 
 
 def regression_loss(pred, target, exp: float, axis=None):
   """V-JEPA's mean(|pred - target|^exp) / exp: L1 for exp=1 (the default), half the squared error for exp=2."""
   err = jnp.abs(pred - target)
-  return jnp.mean(err if exp == 1 else err ** exp, axis=axis) / exp
+  return jnp.mean(err if exp == 1 else err**exp, axis=axis) / exp
 
 
 def _names(batch: dict) -> list[str]:
@@ -116,15 +117,18 @@ def _names(batch: dict) -> list[str]:
 def monitors(model: JEPA, target_BND: jax.Array, pred_BMD: jax.Array) -> dict:
   """Collapse diagnostics: spread of target and predicted features, effective rank, cross-clip similarity."""
   target_BND = jax.lax.stop_gradient(target_BND)
-  return {"monitor/target_std": metrics.feature_std(target_BND, across_clips=True),
-          "monitor/pred_std": metrics.feature_std(jax.lax.stop_gradient(pred_BMD)),
-          "monitor/rankme": metrics.rankme(target_BND),
-          "monitor/cross_cosine": metrics.mean_cross_cosine(target_BND)}
+  return {
+    "monitor/target_std": metrics.feature_std(target_BND, across_clips=True),
+    "monitor/pred_std": metrics.feature_std(jax.lax.stop_gradient(pred_BMD)),
+    "monitor/rankme": metrics.rankme(target_BND),
+    "monitor/cross_cosine": metrics.mean_cross_cosine(target_BND),
+  }
 
 
 def ema_momentum(config, step: jax.Array) -> jax.Array:
   """Linear from optim.ema_start to optim.ema_end over the schedule (V-JEPA: 0.998 → 1.0; V-JEPA 2: constant)."""
   from worldmodel.runtime import schedule_steps
+
   o = config.optim
   frac = jnp.clip(step.astype(jnp.float32) / schedule_steps(o, config.total_steps), 0.0, 1.0)
   return o.ema_start + (o.ema_end - o.ema_start) * frac

@@ -4,6 +4,7 @@ Probes regress the ground-truth physical state of each time slot (the mean state
 the target encoder's tokens of that slot. The same probes run on a randomly initialised encoder and on raw pixel
 patches, so the numbers say what training bought. Fit on `eval.probe_train_split`, scored on the evaluated split.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,10 +43,14 @@ class FeatureExtractor:
 
   def encoders(self, trained) -> dict:
     from worldmodel.models.jepa import JEPA
+
     random_init = JEPA(self.config.model, rngs=nnx.Rngs(self.config.seed + 1000)).target_encoder
     tubelet = tuple(self.config.model.tubelet)
-    return {"trained": _jit_encoder(trained), "random_init": _jit_encoder(random_init),
-            "pixels": jax.jit(lambda v: vit.patchify(v, tubelet))}
+    return {
+      "trained": _jit_encoder(trained),
+      "random_init": _jit_encoder(random_init),
+      "pixels": jax.jit(lambda v: vit.patchify(v, tubelet)),
+    }
 
   def run(self, encoders: dict, split: str, max_clips: int) -> tuple[dict, np.ndarray]:
     batches, n = pipeline.eval_batches(self.config.data, split, self.config.eval.batch_size, max_clips)
@@ -53,14 +58,19 @@ class FeatureExtractor:
     states = []
     for batch in batches:
       if "state" not in batch:
-        raise records.DatasetError(f"{self.config.data.dir} split {split!r} has no 'state' feature: probes need "
-                                   "ground-truth state (set eval.probes=False to skip them)")
+        raise records.DatasetError(
+          f"{self.config.data.dir} split {split!r} has no 'state' feature: probes need "
+          "ground-truth state (set eval.probes=False to skip them)"
+        )
       valid = np.asarray(batch["valid"]) > 0
       video = tok_obj.to_float(np.asarray(batch["video"])[valid])
       for k, f in encoders.items():
         feats[k].append(slot_tokens(np.asarray(f(video), np.float32), self.grid))
-      states.append(slot_states(np.asarray(batch["state"])[valid], self.config.model.tubelet[0]).reshape(
-          -1, batch["state"].shape[-1]))
+      states.append(
+        slot_states(np.asarray(batch["state"])[valid], self.config.model.tubelet[0]).reshape(
+          -1, batch["state"].shape[-1]
+        )
+      )
     return {k: np.concatenate(v) for k, v in feats.items()}, np.concatenate(states)
 
 
@@ -87,8 +97,11 @@ class Evaluator:
       self.mon.update({k: np.asarray(v) for k, v in out.items() if k.startswith("monitor/")}, weight=n)
 
   def finish(self, out_dir: str, num_clips: int) -> dict:
-    result = {"masked_loss": float(self.loss.result()["masked_loss"]), "num_clips": num_clips,
-              **{k: float(v) for k, v in self.mon.result().items()}}
+    result = {
+      "masked_loss": float(self.loss.result()["masked_loss"]),
+      "num_clips": num_clips,
+      **{k: float(v) for k, v in self.mon.result().items()},
+    }
     result["collapse_warnings"] = metrics.collapse_warnings(result)
     os.makedirs(out_dir, exist_ok=True)
     if self.config.eval.get("probes", True):
@@ -107,11 +120,20 @@ class Evaluator:
     test_y, groups = probes.state_targets(test_y, groups, meta.get("periodic_state") or [])
     r2 = {"linear": {}, "attentive": {}}
     for name in encoders:
-      r2["linear"][name] = probes.r2_by_group(*probes.ridge_probe(
-          train_x[name].mean(1), train_y, test_x[name].mean(1), test_y), groups)
-      r2["attentive"][name] = probes.r2_by_group(*probes.attentive_probe(
-          train_x[name], train_y, test_x[name], test_y, steps=e.probe_steps), groups)
-    plots = {kind: media.plot_bars(os.path.join(out_dir, f"probe_r2_{kind}.png"), r2[kind], "held-out R²",
-                                   f"{kind} probe of state, {split} split") for kind in r2}
-    return {"probe_r2": r2, "probe_samples": {"train": len(train_y), "test": len(test_y)},
-            "media": {f"probe_r2_{k}_png": v for k, v in plots.items()}}
+      r2["linear"][name] = probes.r2_by_group(
+        *probes.ridge_probe(train_x[name].mean(1), train_y, test_x[name].mean(1), test_y), groups
+      )
+      r2["attentive"][name] = probes.r2_by_group(
+        *probes.attentive_probe(train_x[name], train_y, test_x[name], test_y, steps=e.probe_steps), groups
+      )
+    plots = {
+      kind: media.plot_bars(
+        os.path.join(out_dir, f"probe_r2_{kind}.png"), r2[kind], "held-out R²", f"{kind} probe of state, {split} split"
+      )
+      for kind in r2
+    }
+    return {
+      "probe_r2": r2,
+      "probe_samples": {"train": len(train_y), "test": len(test_y)},
+      "media": {f"probe_r2_{k}_png": v for k, v in plots.items()},
+    }

@@ -2,6 +2,7 @@
 
 loss = MSE(recon, target) in [-1, 1] pixel space + the quantiser's auxiliary loss (VQ commitment; 0 for FSQ).
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,7 @@ def create_model(config: ml_collections.ConfigDict, rngs) -> VideoTokenizer:
 def batch_spec(config: ml_collections.ConfigDict, sharding) -> dict:
   """Abstract global batch (what the pipeline feeds the train step), for compiling ahead of time."""
   m = config.model
-  return {"video": jax.ShapeDtypeStruct((config.batch_size, m.frames, m.size, m.size, 3), jnp.uint8,
-                                        sharding=sharding)}
+  return {"video": jax.ShapeDtypeStruct((config.batch_size, m.frames, m.size, m.size, 3), jnp.uint8, sharding=sharding)}
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -42,8 +42,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config key 'model.width' ({m.width}) must be divisible by 'model.heads' ({m.heads})")
   for key, n in (("frames", 0), ("size", 1), ("size", 2)):
     if m[key] % m.tubelet[n]:
-      raise ValueError(f"config key 'model.{key}' ({m[key]}) is not divisible by model.tubelet[{n}] "
-                       f"({m.tubelet[n]})")
+      raise ValueError(f"config key 'model.{key}' ({m[key]}) is not divisible by model.tubelet[{n}] ({m.tubelet[n]})")
 
 
 def _ints(key: str, value, *, length: int | None = None, minimum: int = 1) -> None:
@@ -56,12 +55,15 @@ def _ints(key: str, value, *, length: int | None = None, minimum: int = 1) -> No
 def check_data(config: ml_collections.ConfigDict, frame_size: int) -> None:
   """Frames of the wrong size for the model fail here, before anything is compiled."""
   if int(frame_size) != int(config.model.size):
-    raise ValueError(f"dataset {config.data.dir} gives {frame_size}x{frame_size} frames but the model expects "
-                     f"{config.model.size}x{config.model.size} (config key 'model.size'; or resize the data with "
-                     f"--config.data.resize={config.model.size})")
+    raise ValueError(
+      f"dataset {config.data.dir} gives {frame_size}x{frame_size} frames but the model expects "
+      f"{config.model.size}x{config.model.size} (config key 'model.size'; or resize the data with "
+      f"--config.data.resize={config.model.size})"
+    )
   if config.model.frames != config.data.num_frames:
-    raise ValueError(f"config keys disagree: model.frames={config.model.frames} but data.num_frames="
-                     f"{config.data.num_frames}")
+    raise ValueError(
+      f"config keys disagree: model.frames={config.model.frames} but data.num_frames={config.data.num_frames}"
+    )
 
 
 def to_float(video_uint8: jax.Array) -> jax.Array:
@@ -96,7 +98,9 @@ class Evaluator:
     self.frames = metrics.RunningMean()
     self.media: list[np.ndarray] = []
     kinds = perceptual.parse(config.eval.get("perceptual"))
-    self.perceptual = perceptual.Accumulator(kinds, config.model.frames) if kinds else None  # LPIPS / FVD: the [metrics] extra
+    self.perceptual = (
+      perceptual.Accumulator(kinds, config.model.frames) if kinds else None
+    )  # LPIPS / FVD: the [metrics] extra
 
   def update(self, batch: dict, out: dict) -> None:
     valid = np.asarray(batch["valid"]) > 0
@@ -116,26 +120,32 @@ class Evaluator:
     per_frame = self.frames.result()  # per-frame-index means over clips
     m = self.config.model
     result = {
-        "psnr": float(np.mean(per_frame["psnr"])),
-        "ssim": float(np.mean(per_frame["ssim"])),
-        "mse": float(np.mean(per_frame["mse"])),
-        "codebook_usage": self.codes.usage(),
-        "perplexity": self.codes.perplexity(),
-        "bits_per_pixel": metrics.bits_per_pixel(self.model.tokens_per_clip, self.model.quantizer.num_codes,
-                                                 m.frames, m.size, m.size),
-        "bits_per_pixel_entropy": self.codes.entropy_bits() * self.model.tokens_per_clip / (m.frames * m.size ** 2),
-        "num_codes": self.model.quantizer.num_codes,
-        "num_clips": num_clips,
-        "psnr_per_frame": [float(x) for x in per_frame["psnr"]],
-        "ssim_per_frame": [float(x) for x in per_frame["ssim"]],
-        **(self.perceptual.result() if self.perceptual else {}),
+      "psnr": float(np.mean(per_frame["psnr"])),
+      "ssim": float(np.mean(per_frame["ssim"])),
+      "mse": float(np.mean(per_frame["mse"])),
+      "codebook_usage": self.codes.usage(),
+      "perplexity": self.codes.perplexity(),
+      "bits_per_pixel": metrics.bits_per_pixel(
+        self.model.tokens_per_clip, self.model.quantizer.num_codes, m.frames, m.size, m.size
+      ),
+      "bits_per_pixel_entropy": self.codes.entropy_bits() * self.model.tokens_per_clip / (m.frames * m.size**2),
+      "num_codes": self.model.quantizer.num_codes,
+      "num_clips": num_clips,
+      "psnr_per_frame": [float(x) for x in per_frame["psnr"]],
+      "ssim_per_frame": [float(x) for x in per_frame["ssim"]],
+      **(self.perceptual.result() if self.perceptual else {}),
     }
     os.makedirs(out_dir, exist_ok=True)
     result["media"] = {
-        "reconstructions_gif": media.write_gif(os.path.join(out_dir, "truth_vs_recon.gif"),
-                                               np.concatenate(self.media, axis=1), fps=6, scale=3),
-        "psnr_per_frame_png": media.plot_curves(os.path.join(out_dir, "psnr_per_frame.png"),
-                                                {"PSNR": np.asarray(per_frame["psnr"])}, "frame index", "PSNR (dB)",
-                                                "Held-out PSNR per frame index"),
+      "reconstructions_gif": media.write_gif(
+        os.path.join(out_dir, "truth_vs_recon.gif"), np.concatenate(self.media, axis=1), fps=6, scale=3
+      ),
+      "psnr_per_frame_png": media.plot_curves(
+        os.path.join(out_dir, "psnr_per_frame.png"),
+        {"PSNR": np.asarray(per_frame["psnr"])},
+        "frame index",
+        "PSNR (dB)",
+        "Held-out PSNR per frame index",
+      ),
     }
     return result

@@ -5,14 +5,16 @@ optimizer state split), `tensor` (attention heads and MLP hidden split). Paramet
 `nnx.with_partitioning` annotations; `param_shardings` drops any axis that does not divide a dimension, so one
 annotation serves every mesh (a 3-wide bias on an 8-way fsdp axis simply stays replicated).
 """
+
 from __future__ import annotations
 
 import math
 from typing import Any
 
 import jax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both
@@ -27,12 +29,15 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
   fixed = math.prod(s for s in sizes if s != -1)
   if fills:
     if num_devices % fixed:
-      raise ValueError(f"mesh: {dict(zip(AXES, sizes))} cannot fill {num_devices} devices "
-                       f"({num_devices} is not a multiple of {fixed})")
+      raise ValueError(
+        f"mesh: {dict(zip(AXES, sizes))} cannot fill {num_devices} devices ({num_devices} is not a multiple of {fixed})"
+      )
     sizes[fills[0]] = num_devices // fixed
   if math.prod(sizes) != num_devices:
-    raise ValueError(f"mesh: {dict(zip(AXES, sizes))} uses {math.prod(sizes)} devices but {num_devices} are present; "
-                     "set one axis to -1 to fill")
+    raise ValueError(
+      f"mesh: {dict(zip(AXES, sizes))} uses {math.prod(sizes)} devices but {num_devices} are present; "
+      "set one axis to -1 to fill"
+    )
   return tuple(sizes)
 
 
@@ -62,6 +67,7 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
   granules = {d.slice_index if has_slices else d.process_index for d in devices}
   if len(granules) == math.prod(dcn):
     from jax.experimental import mesh_utils
+
     array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=not has_slices)
   else:  # e.g. fake CPU devices in one process (fit checks): consecutive blocks of devices stand in for slices
     blocks = np.asarray(devices, dtype=object).reshape(dcn + ici)
@@ -90,9 +96,12 @@ def fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
 
 def shardings_for(tree: Any, specs: Any, mesh: Mesh) -> Any:
   """NamedShardings for a pytree of arrays (or ShapeDtypeStructs) given a matching pytree of PartitionSpecs."""
-  return jax.tree.map(lambda s, x: NamedSharding(mesh, fit_spec(s, np.shape(x), mesh)), specs, tree,
-                      is_leaf=lambda x: isinstance(x, P))
+  return jax.tree.map(
+    lambda s, x: NamedSharding(mesh, fit_spec(s, np.shape(x), mesh)), specs, tree, is_leaf=lambda x: isinstance(x, P)
+  )
 
 
 def describe(mesh: Mesh) -> str:
-  return " × ".join(f"{n}={s}" for n, s in mesh.shape.items()) + f" ({mesh.size} devices, {jax.process_count()} processes)"
+  return (
+    " × ".join(f"{n}={s}" for n, s in mesh.shape.items()) + f" ({mesh.size} devices, {jax.process_count()} processes)"
+  )

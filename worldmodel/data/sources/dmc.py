@@ -33,136 +33,157 @@ import numpy as np
 ACTION_SMOOTHING = 0.8  # AR(1) coefficient: actions drift over ~5 steps, not white noise
 ACTION_NOISE = 0.6  # stationary std before clipping, in units of the half action range
 GL_BACKENDS = ("egl", "osmesa")
-_PROBE = ("from dm_control import _render\n"
-          "c = _render.Renderer(max_width=8, max_height=8)\n"
-          "with c.make_current(): pass\n"
-          "c.free()\n")
+_PROBE = (
+  "from dm_control import _render\n"
+  "c = _render.Renderer(max_width=8, max_height=8)\n"
+  "with c.make_current(): pass\n"
+  "c.free()\n"
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
-    """Everything a (worker) process needs to build its env and roll out episodes."""
-    domain: str
-    task: str
-    frames: int
-    size: int = 64
-    camera: int = 0
-    action_repeat: int = 1
+  """Everything a (worker) process needs to build its env and roll out episodes."""
+
+  domain: str
+  task: str
+  frames: int
+  size: int = 64
+  camera: int = 0
+  action_repeat: int = 1
 
 
 def select_gl_backend() -> str:
-    """Sets MUJOCO_GL (before dm_control is imported): keeps a user's choice, else the
-    first of egl/osmesa that can create a context, probed in a subprocess because the
-    OpenGL platform cannot change once PyOpenGL is imported."""
-    if os.environ.get("MUJOCO_GL"):
-        return os.environ["MUJOCO_GL"]
-    errors = []
-    for backend in GL_BACKENDS:
-        proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
-                              env={**os.environ, "MUJOCO_GL": backend}, timeout=120)
-        if proc.returncode == 0:
-            if errors:
-                print(f"dmc: {errors[0]}; falling back to MUJOCO_GL={backend} "
-                      "(software rendering, same frames)", file=sys.stderr)
-            os.environ["MUJOCO_GL"] = backend
-            return backend
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        errors.append(f"MUJOCO_GL={backend} cannot start ({last})")
-    raise ValueError("no headless OpenGL for MuJoCo: " + "; ".join(errors) + ". Install the "
-                     "libraries with `make install-dmc` (libegl1 libegl-mesa0 libgl1-mesa-dri "
-                     "libgl1, or libosmesa6), or set MUJOCO_GL yourself")
+  """Sets MUJOCO_GL (before dm_control is imported): keeps a user's choice, else the
+  first of egl/osmesa that can create a context, probed in a subprocess because the
+  OpenGL platform cannot change once PyOpenGL is imported."""
+  if os.environ.get("MUJOCO_GL"):
+    return os.environ["MUJOCO_GL"]
+  errors = []
+  for backend in GL_BACKENDS:
+    proc = subprocess.run(
+      [sys.executable, "-c", _PROBE],
+      capture_output=True,
+      text=True,
+      env={**os.environ, "MUJOCO_GL": backend},
+      timeout=120,
+    )
+    if proc.returncode == 0:
+      if errors:
+        print(
+          f"dmc: {errors[0]}; falling back to MUJOCO_GL={backend} (software rendering, same frames)", file=sys.stderr
+        )
+      os.environ["MUJOCO_GL"] = backend
+      return backend
+    last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    errors.append(f"MUJOCO_GL={backend} cannot start ({last})")
+  raise ValueError(
+    "no headless OpenGL for MuJoCo: " + "; ".join(errors) + ". Install the "
+    "libraries with `make install-dmc` (libegl1 libegl-mesa0 libgl1-mesa-dri "
+    "libgl1, or libosmesa6), or set MUJOCO_GL yourself"
+  )
 
 
 def _suite():
-    select_gl_backend()
-    try:
-        from dm_control import suite
-    except ImportError as e:
-        raise ValueError(f"dm_control is not installed ({e}); run `make install-dmc`") from None
-    return suite
+  select_gl_backend()
+  try:
+    from dm_control import suite
+  except ImportError as e:
+    raise ValueError(f"dm_control is not installed ({e}); run `make install-dmc`") from None
+  return suite
 
 
 def parse_task(arg: str) -> tuple[str, str]:
-    """'DOMAIN-TASK' -> (domain, task); ValueError listing all suite tasks if unknown."""
-    suite = _suite()
-    domain, _, task = arg.partition("-")  # domain names use '_', never '-'
-    if (domain, task) not in suite.ALL_TASKS:
-        known = ", ".join(sorted(f"{d}-{t}" for d, t in suite.ALL_TASKS))
-        raise ValueError(f"unknown dm_control task {arg!r}; use dmc:DOMAIN-TASK, one of: {known}")
-    return domain, task
+  """'DOMAIN-TASK' -> (domain, task); ValueError listing all suite tasks if unknown."""
+  suite = _suite()
+  domain, _, task = arg.partition("-")  # domain names use '_', never '-'
+  if (domain, task) not in suite.ALL_TASKS:
+    known = ", ".join(sorted(f"{d}-{t}" for d, t in suite.ALL_TASKS))
+    raise ValueError(f"unknown dm_control task {arg!r}; use dmc:DOMAIN-TASK, one of: {known}")
+  return domain, task
 
 
 def load_env(spec: Spec):
-    """One env per process, reused across episodes; fast-render settings from NOTES.md."""
-    suite = _suite()
-    # No time limit: dm_control would silently reset mid-episode after 1000 steps.
-    env = suite.load(spec.domain, spec.task, task_kwargs={"time_limit": float("inf")})
-    model = env.physics.model
-    if not -1 <= spec.camera < model.ncam:
-        raise ValueError(f"--camera={spec.camera} out of range for {spec.domain}-{spec.task}: "
-                         f"it has cameras 0..{model.ncam - 1} (-1 = free camera)")
-    # Default visuals render 64x64 at 25-45 fps on llvmpipe; these give 170-330 fps and
-    # frames that look the same. Must happen before the first render creates the context.
-    model.vis.quality.offsamples = 0
-    model.vis.global_.offwidth = spec.size
-    model.vis.global_.offheight = spec.size
-    model.light_castshadow[:] = 0
-    model.mat_reflectance[:] = 0
-    return env
+  """One env per process, reused across episodes; fast-render settings from NOTES.md."""
+  suite = _suite()
+  # No time limit: dm_control would silently reset mid-episode after 1000 steps.
+  env = suite.load(spec.domain, spec.task, task_kwargs={"time_limit": float("inf")})
+  model = env.physics.model
+  if not -1 <= spec.camera < model.ncam:
+    raise ValueError(
+      f"--camera={spec.camera} out of range for {spec.domain}-{spec.task}: "
+      f"it has cameras 0..{model.ncam - 1} (-1 = free camera)"
+    )
+  # Default visuals render 64x64 at 25-45 fps on llvmpipe; these give 170-330 fps and
+  # frames that look the same. Must happen before the first render creates the context.
+  model.vis.quality.offsamples = 0
+  model.vis.global_.offwidth = spec.size
+  model.vis.global_.offheight = spec.size
+  model.light_castshadow[:] = 0
+  model.mat_reflectance[:] = 0
+  return env
 
 
 def meta(env, spec: Spec) -> dict:
-    """Sidecar metadata for worldmodel.json."""
-    model = env.physics.model
-    nq, nv = model.nq, model.nv
-    # Unlimited hinge joints (reacher's shoulder, ...) wind past ±π: the same picture has many qpos values, so
-    # probes regress (sin, cos) of these dimensions instead (worldmodel.probes.state_targets).
-    periodic = [int(model.jnt_qposadr[j]) for j in range(model.njnt)
-                if model.jnt_type[j] == 3 and not model.jnt_limited[j]]
-    return {"periodic_state": periodic, "domain": spec.domain, "task": spec.task, "camera": spec.camera,
-            "action_repeat": spec.action_repeat, "action_dim": int(env.action_spec().shape[0]),
-            "control_timestep": float(env.control_timestep()) * spec.action_repeat,
-            "gl_backend": os.environ.get("MUJOCO_GL"),
-            "state_groups": {"qpos": list(range(nq)), "qvel": list(range(nq, nq + nv))}}
+  """Sidecar metadata for worldmodel.json."""
+  model = env.physics.model
+  nq, nv = model.nq, model.nv
+  # Unlimited hinge joints (reacher's shoulder, ...) wind past ±π: the same picture has many qpos values, so
+  # probes regress (sin, cos) of these dimensions instead (worldmodel.probes.state_targets).
+  periodic = [
+    int(model.jnt_qposadr[j]) for j in range(model.njnt) if model.jnt_type[j] == 3 and not model.jnt_limited[j]
+  ]
+  return {
+    "periodic_state": periodic,
+    "domain": spec.domain,
+    "task": spec.task,
+    "camera": spec.camera,
+    "action_repeat": spec.action_repeat,
+    "action_dim": int(env.action_spec().shape[0]),
+    "control_timestep": float(env.control_timestep()) * spec.action_repeat,
+    "gl_backend": os.environ.get("MUJOCO_GL"),
+    "state_groups": {"qpos": list(range(nq)), "qvel": list(range(nq, nq + nv))},
+  }
 
 
 def sample_actions(rng: np.random.Generator, action_spec, frames: int) -> np.ndarray:
-    """AR(1) noise scaled into the action bounds and clipped: float32 [T,A]."""
-    lo, hi = action_spec.minimum.astype(np.float64), action_spec.maximum.astype(np.float64)
-    finite = np.isfinite(lo) & np.isfinite(hi)
-    mid_A = np.where(finite, (lo + hi) / 2, 0.0)
-    half_A = np.where(finite, (hi - lo) / 2, 1.0)
-    a = ACTION_SMOOTHING
-    z_A = rng.normal(size=lo.shape) * ACTION_NOISE
-    eps_TA = rng.normal(size=(frames,) + lo.shape) * ACTION_NOISE * np.sqrt(1 - a * a)
-    z_TA = np.empty_like(eps_TA)
-    for t in range(frames):
-        z_A = a * z_A + eps_TA[t]
-        z_TA[t] = z_A
-    return np.clip(mid_A + half_A * z_TA, lo, hi).astype(np.float32)
+  """AR(1) noise scaled into the action bounds and clipped: float32 [T,A]."""
+  lo, hi = action_spec.minimum.astype(np.float64), action_spec.maximum.astype(np.float64)
+  finite = np.isfinite(lo) & np.isfinite(hi)
+  mid_A = np.where(finite, (lo + hi) / 2, 0.0)
+  half_A = np.where(finite, (hi - lo) / 2, 1.0)
+  a = ACTION_SMOOTHING
+  z_A = rng.normal(size=lo.shape) * ACTION_NOISE
+  eps_TA = rng.normal(size=(frames,) + lo.shape) * ACTION_NOISE * np.sqrt(1 - a * a)
+  z_TA = np.empty_like(eps_TA)
+  for t in range(frames):
+    z_A = a * z_A + eps_TA[t]
+    z_TA[t] = z_A
+  return np.clip(mid_A + half_A * z_TA, lo, hi).astype(np.float32)
 
 
 def rollout(env, spec: Spec, seed: int) -> dict[str, np.ndarray]:
-    """One episode from `seed` (see the alignment convention in the module docstring)."""
-    env_ss, policy_ss = np.random.SeedSequence(seed).spawn(2)
-    env.task.random.seed(env_ss.generate_state(4))  # reseeds the task's RandomState in place
-    env.reset()
-    physics, T = env.physics, spec.frames
-    action_TA = sample_actions(np.random.default_rng(policy_ss), env.action_spec(), T)
-    video_THWC = np.empty((T, spec.size, spec.size, 3), np.uint8)
-    state_TS = np.empty((T, physics.model.nq + physics.model.nv), np.float32)
-    reward_T = np.empty(T, np.float32)
-    for t in range(T):
-        video_THWC[t] = physics.render(spec.size, spec.size, camera_id=spec.camera)
-        state_TS[t] = np.concatenate([physics.data.qpos, physics.data.qvel])
-        reward_T[t] = env.task.get_reward(physics)
-        if t == T - 1:
-            break  # action[T-1] would only lead to a frame outside the episode
-        for _ in range(spec.action_repeat):
-            if env.step(action_TA[t]).last():
-                raise RuntimeError(f"{spec.domain}-{spec.task} terminated at frame {t + 1}; "
-                                   "use fewer --frames or a smaller --action_repeat")
-    return {"video": video_THWC, "action": action_TA, "state": state_TS, "reward": reward_T}
+  """One episode from `seed` (see the alignment convention in the module docstring)."""
+  env_ss, policy_ss = np.random.SeedSequence(seed).spawn(2)
+  env.task.random.seed(env_ss.generate_state(4))  # reseeds the task's RandomState in place
+  env.reset()
+  physics, T = env.physics, spec.frames
+  action_TA = sample_actions(np.random.default_rng(policy_ss), env.action_spec(), T)
+  video_THWC = np.empty((T, spec.size, spec.size, 3), np.uint8)
+  state_TS = np.empty((T, physics.model.nq + physics.model.nv), np.float32)
+  reward_T = np.empty(T, np.float32)
+  for t in range(T):
+    video_THWC[t] = physics.render(spec.size, spec.size, camera_id=spec.camera)
+    state_TS[t] = np.concatenate([physics.data.qpos, physics.data.qvel])
+    reward_T[t] = env.task.get_reward(physics)
+    if t == T - 1:
+      break  # action[T-1] would only lead to a frame outside the episode
+    for _ in range(spec.action_repeat):
+      if env.step(action_TA[t]).last():
+        raise RuntimeError(
+          f"{spec.domain}-{spec.task} terminated at frame {t + 1}; use fewer --frames or a smaller --action_repeat"
+        )
+  return {"video": video_THWC, "action": action_TA, "state": state_TS, "reward": reward_T}
 
 
 # Per-process state of pool workers: the spec from the initializer, the env built lazily.
@@ -170,41 +191,41 @@ _WORKER: dict = {}
 
 
 def _init_worker(spec: Spec) -> None:
-    _WORKER.update(spec=spec, env=None)
+  _WORKER.update(spec=spec, env=None)
 
 
 def _worker_episode(seed: int) -> dict[str, np.ndarray]:
-    if _WORKER["env"] is None:
-        _WORKER["env"] = load_env(_WORKER["spec"])
-    return rollout(_WORKER["env"], _WORKER["spec"], seed)
+  if _WORKER["env"] is None:
+    _WORKER["env"] = load_env(_WORKER["spec"])
+  return rollout(_WORKER["env"], _WORKER["spec"], seed)
 
 
 class Generator:
-    """Episodes from seeds, serially in this process (workers <= 1) or on a spawn pool."""
+  """Episodes from seeds, serially in this process (workers <= 1) or on a spawn pool."""
 
-    def __init__(self, spec: Spec, workers: int):
-        self.spec, self.workers = spec, workers
-        self.env = load_env(spec)  # validates the camera; renders only when serial
-        self.meta = meta(self.env, spec)
-        self._pool = None
+  def __init__(self, spec: Spec, workers: int):
+    self.spec, self.workers = spec, workers
+    self.env = load_env(spec)  # validates the camera; renders only when serial
+    self.meta = meta(self.env, spec)
+    self._pool = None
 
-    def make_episode(self, seed: int) -> dict[str, np.ndarray]:
-        return rollout(self.env, self.spec, seed)
+  def make_episode(self, seed: int) -> dict[str, np.ndarray]:
+    return rollout(self.env, self.spec, seed)
 
-    def make_episodes(self, seeds: Iterable[int]) -> Iterator[dict[str, np.ndarray]]:
-        """Yields episodes in the order of `seeds`; the pool persists across calls (splits)."""
-        if self.workers <= 1:
-            yield from map(self.make_episode, seeds)
-            return
-        if self._pool is None:
-            # spawn, not fork: a forked GL/MuJoCo state is unsafe; MUJOCO_GL is inherited.
-            ctx = multiprocessing.get_context("spawn")
-            self._pool = ctx.Pool(self.workers, _init_worker, (self.spec,))
-            atexit.register(self.close)
-        yield from self._pool.imap(_worker_episode, seeds, chunksize=1)
+  def make_episodes(self, seeds: Iterable[int]) -> Iterator[dict[str, np.ndarray]]:
+    """Yields episodes in the order of `seeds`; the pool persists across calls (splits)."""
+    if self.workers <= 1:
+      yield from map(self.make_episode, seeds)
+      return
+    if self._pool is None:
+      # spawn, not fork: a forked GL/MuJoCo state is unsafe; MUJOCO_GL is inherited.
+      ctx = multiprocessing.get_context("spawn")
+      self._pool = ctx.Pool(self.workers, _init_worker, (self.spec,))
+      atexit.register(self.close)
+    yield from self._pool.imap(_worker_episode, seeds, chunksize=1)
 
-    def close(self) -> None:
-        if self._pool is not None:  # workers are idle once all episodes were consumed
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+  def close(self) -> None:
+    if self._pool is not None:  # workers are idle once all episodes were consumed
+      self._pool.terminate()
+      self._pool.join()
+      self._pool = None
