@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from worldmodel import metrics
+from worldmodel import metrics, optim
 from worldmodel.data import masks as masks_lib
 from worldmodel.models import vit
 from worldmodel.models.jepa import JEPA
@@ -127,10 +127,8 @@ def monitors(model: JEPA, target_BND: jax.Array, pred_BMD: jax.Array) -> dict:
 
 def ema_momentum(config, step: jax.Array) -> jax.Array:
   """Linear from optim.ema_start to optim.ema_end over the schedule (V-JEPA: 0.998 → 1.0; V-JEPA 2: constant)."""
-  from worldmodel.runtime import schedule_steps
-
   o = config.optim
-  frac = jnp.clip(step.astype(jnp.float32) / schedule_steps(o, config.total_steps), 0.0, 1.0)
+  frac = jnp.clip(step.astype(jnp.float32) / optim.schedule_steps(o, config.total_steps), 0.0, 1.0)
   return o.ema_start + (o.ema_end - o.ema_start) * frac
 
 
