@@ -14,7 +14,7 @@ from conftest import experiment_config
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from worldmodel import runtime
+from worldmodel import objectives
 from worldmodel.parallel import mesh as mesh_lib
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
@@ -42,7 +42,7 @@ def _config(name, variant):
 
 def _specs(config: ml_collections.ConfigDict) -> dict:
   """Every variable's spec: Params and the rest (EMA target, frozen encoder, VQ codebook state)."""
-  objective = runtime.get_objective(config.objective)
+  objective = objectives.get(config.objective)
   _, variables = nnx.split(nnx.eval_shape(lambda: objective.create_model(config, nnx.Rngs(0))))
   flat = jax.tree_util.tree_leaves_with_path(
     nnx.to_pure_dict(nnx.get_partition_spec(variables)), is_leaf=lambda x: isinstance(x, P)

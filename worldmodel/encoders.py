@@ -20,10 +20,11 @@ import shutil
 import jax
 import jax.numpy as jnp
 import ml_collections
-from flax import nnx, traverse_util
+from flax import nnx
 
 from worldmodel import checkpoint as ckpt_lib
 from worldmodel import config as config_lib
+from worldmodel import objectives
 from worldmodel.importers import vjepa
 
 EXPORT_FORMAT = "worldmodel-encoder"
@@ -42,41 +43,29 @@ def _encoder_config(m: ml_collections.ConfigDict, frames: int | None, size: int 
   return ml_collections.ConfigDict(d)
 
 
-_ENCODER_OF = {
-  "jepa": "its EMA target encoder",
-  "ac": "the frozen encoder it was trained on",
-  "finetune": "its fine-tuned encoder",
-}
-
-
 def _workdir_encoder_config(workdir: str, config=None) -> ml_collections.ConfigDict:
   config = config or config_lib.load_workdir_config(workdir)
-  if config.objective not in _ENCODER_OF:
+  model = objectives.get(config.objective).encoder_config(config)
+  if model is None:
+    have = [n for n in objectives.names() if objectives.get(n).encoder_description]
     raise ckpt_lib.CheckpointError(
-      f"{workdir} is a {config.objective!r} run with no encoder to load; use a JEPA, AC or fine-tune workdir"
+      f"{workdir} is a {config.objective!r} run with no encoder to load; use a workdir of {', '.join(have)}"
     )
-  return config.model if config.objective == "jepa" else config.model.encoder_model
+  return model
 
 
 def _workdir_encoder(workdir: str) -> tuple[int, dict, ml_collections.ConfigDict]:
   """(step, encoder weights, encoder model config) of a workdir's newest checkpoint."""
   config = config_lib.load_workdir_config(workdir)
-  model, objective = _workdir_encoder_config(workdir, config), config.objective
+  model, objective = _workdir_encoder_config(workdir, config), objectives.get(config.objective)
   step, state = ckpt_lib.read_newest(workdir)
-  extra = state.get("extra", {})
-  if objective == "jepa" and "target_encoder" in extra:
-    return step, extra["target_encoder"], model
-  if objective == "ac" and "encoder" in extra:
-    return step, extra["encoder"], model
-  if objective == "finetune":  # trained parts are params, frozen parts extra: put them back together
-    parts = {
-      **traverse_util.flatten_dict(extra.get("encoder", {})),
-      **traverse_util.flatten_dict(state.get("params", {}).get("encoder", {})),
-    }
-    return step, traverse_util.unflatten_dict(parts), model
-  raise ckpt_lib.CheckpointError(
-    f"{workdir}: the newest checkpoint (step {step}) lacks {_ENCODER_OF[objective]} (extra holds {sorted(extra)})"
-  )
+  weights = objective.encoder_weights(state)
+  if weights is None:
+    raise ckpt_lib.CheckpointError(
+      f"{workdir}: the newest checkpoint (step {step}) lacks {objective.encoder_description} "
+      f"(extra holds {sorted(state.get('extra', {}))})"
+    )
+  return step, weights, model
 
 
 def _source_kind(path: str) -> str:

@@ -70,6 +70,7 @@ def evaluate(
   context: int | None = None,
 ) -> dict:
   from worldmodel import checkpoint as ckpt_lib
+  from worldmodel import objectives
   from worldmodel import runtime as runtime_lib
   from worldmodel.data import pipeline
   from worldmodel.parallel import mesh as mesh_lib
@@ -77,19 +78,13 @@ def evaluate(
   config = config_lib.load_workdir_config(workdir)
   if data_dir:
     config.data.dir = data_dir
-  if context is not None:
-    if config.objective != "ac":
-      raise ValueError(
-        f"--context={context}: only action-conditioned runs roll out; {workdir} is a {config.objective!r} run"
-      )
-    config.model.context_frames = context
+  config.eval.split = split  # evaluators that fit probes score them on this split
+  objectives.get(config.objective).configure_eval(config, context=context, perceptual=perceptual, probes=probes)
   try:
     mesh = mesh_lib.make_mesh(config.mesh)
   except ValueError:  # trained on another device count: evaluate data-parallel on what is here
     mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
   rt = runtime_lib.build(config, mesh)
-  if context is not None:
-    rt.objective.check_config(config)  # e.g. a context as long as the clips leaves nothing to predict
   rt.objective.check_data(config, pipeline.frame_size(config.data))
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
   step, state, _ = ckpt.restore(rt.abstract_state, step)
@@ -101,19 +96,6 @@ def evaluate(
   batches, num_clips = pipeline.eval_batches(
     config.data, split, bs, limit, transform=runtime_lib.sample_transform(config, eval=True)
   )
-  config.eval.split = split  # evaluators that fit probes score them on this split
-  if "probes" in config.eval:
-    config.eval.probes = config.eval.probes and probes
-  if perceptual:
-    from worldmodel import perceptual as perceptual_lib
-
-    perceptual_lib.parse(perceptual)
-    if config.objective != "tokenizer":
-      raise ValueError(
-        f"--perceptual={perceptual}: LPIPS / FVD compare pixels; a {config.objective!r} run "
-        "predicts latents (use a tokenizer workdir)"
-      )
-    config.eval.perceptual = perceptual
   evaluator = rt.objective.Evaluator(rt.model(state), config, num_media=config.eval.num_media)
   lead = jax.process_index() == 0
   t0, n_batches = time.time(), -(-num_clips // bs)

@@ -74,10 +74,11 @@ SEED_OFFSET = 1_000_000
 def load_world_model(workdir: str, step: int | None = None):
   """(step, config, model) of an AC workdir; a clear error for any other kind of run."""
   from worldmodel import checkpoint as ckpt_lib
+  from worldmodel import objectives
   from worldmodel import runtime as runtime_lib
 
   config = config_lib.load_workdir_config(workdir)
-  if config.objective != "ac":
+  if not objectives.get(config.objective).plannable:
     raise config_lib.ConfigError(
       f"{workdir} holds a {config.objective!r} model; planning needs an action-conditioned model. Train one on "
       f"its features: python -m worldmodel.train --config=experiments/ac.py:dmc --config.model.encoder_source="

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 from typing import Any, Callable
 
 import jax
@@ -20,34 +19,20 @@ import ml_collections
 import optax
 from flax import nnx
 
-from worldmodel import checkpoint, optim
+from worldmodel import checkpoint, objectives, optim
 from worldmodel.parallel import mesh as mesh_lib
-
-OBJECTIVES = {
-  "tokenizer": "worldmodel.objectives.tokenizer",
-  "jepa": "worldmodel.objectives.jepa",
-  "ac": "worldmodel.objectives.ac",
-  "finetune": "worldmodel.objectives.finetune",
-}
-
-
-def get_objective(name: str):
-  if name not in OBJECTIVES:
-    raise ValueError(f"config key 'objective' is {name!r}; known objectives: {sorted(OBJECTIVES)}")
-  return importlib.import_module(OBJECTIVES[name])
 
 
 def sample_transform(config: ml_collections.ConfigDict, *, eval: bool = False):
   """What the objective adds to every sample in the data pipeline (e.g. JEPA masks), or None."""
-  make = getattr(get_objective(config.objective), "sample_transform", None)
-  return make(config, eval=eval) if make else None
+  return objectives.get(config.objective).sample_transform(config, eval=eval)
 
 
 @dataclasses.dataclass
 class Runtime:
   config: ml_collections.ConfigDict
   mesh: jax.sharding.Mesh
-  objective: Any
+  objective: objectives.Objective
   graphdef: Any
   tx: optax.GradientTransformation
   schedule: optax.Schedule
@@ -59,13 +44,12 @@ class Runtime:
     """A new train state: initialised, then (if the objective loads pretrained parts, e.g. AC's frozen encoder)
     filled in by the objective."""
     state = self.init_fn()
-    own = getattr(self.objective, "LOADS_INIT_SOURCE", False)  # e.g. finetune: maps the source onto its own parts
+    own = self.objective.loads_init_source  # e.g. finetune: maps the source onto its own parts
     if self.config.get("init") and self.config.init.get("source") and not own:  # warm start: pretrained weights first
       from worldmodel import init_from
 
       state = init_from.initialize_from(self, state)
-    initialize = getattr(self.objective, "initialize", None)
-    return initialize(self, state) if initialize else state
+    return self.objective.initialize(self, state)
 
   def model(self, state) -> nnx.Module:
     return nnx.merge(self.graphdef, state["params"], state["extra"])
@@ -93,7 +77,7 @@ def _split(model: nnx.Module):
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Runtime:
-  objective = get_objective(config.objective)
+  objective = objectives.get(config.objective)
   mesh = mesh if mesh is not None else mesh_lib.make_mesh(config.mesh)
   nnx.use_eager_sharding(False)  # shard once, inside the jitted init below, not variable by variable
   create = lambda: objective.create_model(config, nnx.Rngs(config.seed))  # noqa: E731 - traced twice below
@@ -102,8 +86,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   extra_specs = nnx.to_pure_dict(nnx.get_partition_spec(abs_extra))  # e.g. the EMA target shards like the encoder
   abs_params, abs_extra = nnx.to_pure_dict(abs_params), nnx.to_pure_dict(abs_extra)
   schedule = optim.make_schedule(config.optim, config.total_steps)
-  lr_scales = objective.lr_scales(config, abs_params) if hasattr(objective, "lr_scales") else None
-  tx = optim.make_optimizer(config.optim, schedule, config.total_steps, lr_scales)
+  tx = optim.make_optimizer(config.optim, schedule, config.total_steps, objective.lr_scales(config, abs_params))
   repl = mesh_lib.replicated(mesh)
   param_sh = mesh_lib.shardings_for(abs_params, param_specs, mesh)
   extra_sh = mesh_lib.shardings_for(abs_extra, extra_specs, mesh)
@@ -148,8 +131,7 @@ def _train_step(rt: Runtime, state: dict, batch: dict):
   (_, (logs, extra)), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
   updates, opt = rt.tx.update(grads, state["opt"], state["params"])
   params = optax.apply_updates(state["params"], updates)
-  if hasattr(rt.objective, "after_update"):  # e.g. JEPA: the EMA target follows the new encoder weights
-    extra, more = rt.objective.after_update(rt.config, params, extra, step)
-    logs = {**logs, **more}
+  extra, more = rt.objective.after_update(rt.config, params, extra, step)  # e.g. JEPA: the EMA target follows
+  logs = {**logs, **more}
   logs = {**logs, "grad_norm": optax.global_norm(grads), "lr": rt.schedule(step)}
   return {"step": step + 1, "params": params, "extra": extra, "opt": opt}, logs

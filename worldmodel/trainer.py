@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 
 from worldmodel import checkpoint as ckpt_lib
 from worldmodel import config as config_lib
-from worldmodel import metrics
+from worldmodel import metrics, objectives
 from worldmodel import runtime as runtime_lib
 from worldmodel.data import pipeline, records
 from worldmodel.parallel import mesh as mesh_lib
@@ -33,9 +33,8 @@ class TrainError(RuntimeError):
 # ---------------------------------------------------------------------------------------------------------------
 def preflight(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_lib.validate(config)
-  objective = runtime_lib.get_objective(config.objective)
-  if hasattr(objective, "resolve_config"):  # fills keys derived from other runs / the data (saved in config.json)
-    objective.resolve_config(config)
+  objective = objectives.get(config.objective)
+  objective.resolve_config(config)  # fills keys derived from other runs / the data (saved in config.json)
   objective.check_config(config)
   meta = records.read_meta(pipeline.data_dirs(config.data)[0], pipeline.feature_map(config.data))
   sources = pipeline.open_sources(config.data, config.data.train_split)  # missing / empty split → clear error

@@ -20,6 +20,7 @@ from worldmodel.data import pipeline, records
 from worldmodel.models import vit
 from worldmodel.models.ac_predictor import ACPredictor
 from worldmodel.models.jepa import Frozen, retyped
+from worldmodel.objectives import base
 from worldmodel.objectives import tokenizer as tok_obj
 from worldmodel.objectives.jepa import layer_norm, regression_loss
 
@@ -168,4 +169,27 @@ def eval_step(model: ACModel, batch: dict) -> dict:
   return out
 
 
-from worldmodel.objectives.ac_eval import Evaluator  # noqa: E402,F401
+from worldmodel.objectives.ac_eval import Evaluator  # noqa: E402
+
+
+@base.register
+class AC(base.Objective):
+  name = "ac"
+  create_model, batch_spec = staticmethod(create_model), staticmethod(batch_spec)
+  check_config, check_data = staticmethod(check_config), staticmethod(check_data)
+  loss_fn, eval_step, Evaluator = staticmethod(loss_fn), staticmethod(eval_step), Evaluator
+  resolve_config, initialize = staticmethod(resolve_config), staticmethod(initialize)
+  plannable = True
+  encoder_description = "the frozen encoder it was trained on"
+
+  def configure_eval(self, config, *, context=None, perceptual="", probes=True) -> None:
+    super().configure_eval(config, perceptual=perceptual, probes=probes)
+    if context is not None:
+      config.model.context_frames = context
+      check_config(config)  # e.g. a context as long as the clips leaves nothing to predict
+
+  def encoder_config(self, config):
+    return config.model.encoder_model
+
+  def encoder_weights(self, state: dict):
+    return state.get("extra", {}).get("encoder")

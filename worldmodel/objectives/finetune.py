@@ -28,10 +28,10 @@ from worldmodel import encoders, probes
 from worldmodel.data import pipeline, records
 from worldmodel.models import heads, vit
 from worldmodel.models.jepa import Frozen, retyped
+from worldmodel.objectives import base
 from worldmodel.objectives import tokenizer as tok_obj
 
 MODES = ("frozen", "partial", "full")
-LOADS_INIT_SOURCE = True  # `initialize` below reads init.source (the runtime's by-name warm start does not apply)
 TASKS = ("state", "classify")
 
 
@@ -239,4 +239,30 @@ def eval_step(model: FinetuneModel, batch: dict) -> dict:
   return {"pred": pred, "target": y}
 
 
-from worldmodel.objectives.finetune_eval import Evaluator  # noqa: E402,F401
+from worldmodel.objectives.finetune_eval import Evaluator  # noqa: E402
+
+
+@base.register
+class Finetune(base.Objective):
+  name = "finetune"
+  create_model, batch_spec = staticmethod(create_model), staticmethod(batch_spec)
+  check_config, check_data = staticmethod(check_config), staticmethod(check_data)
+  loss_fn, eval_step, Evaluator = staticmethod(loss_fn), staticmethod(eval_step), Evaluator
+  resolve_config, initialize, lr_scales = (
+    staticmethod(resolve_config),
+    staticmethod(initialize),
+    staticmethod(lr_scales),
+  )
+  loads_init_source = True  # `initialize` reads init.source (the runtime's by-name warm start does not apply)
+  encoder_description = "its fine-tuned encoder"
+
+  def encoder_config(self, config):
+    return config.model.encoder_model
+
+  def encoder_weights(self, state: dict):
+    """Trained parts are params, frozen parts extra: put them back together."""
+    parts = {
+      **traverse_util.flatten_dict(state.get("extra", {}).get("encoder", {})),
+      **traverse_util.flatten_dict(state.get("params", {}).get("encoder", {})),
+    }
+    return traverse_util.unflatten_dict(parts)

@@ -17,6 +17,7 @@ from worldmodel import metrics, optim
 from worldmodel.data import masks as masks_lib
 from worldmodel.models import vit
 from worldmodel.models.jepa import JEPA
+from worldmodel.objectives import base
 from worldmodel.objectives import tokenizer as tok_obj
 
 
@@ -151,4 +152,24 @@ def eval_step(model: JEPA, batch: dict) -> dict:
   return {"loss_B": per_clip, "features": raw_BND, **monitors(model, target_BND, preds[0])}
 
 
-from worldmodel.objectives.jepa_eval import Evaluator  # noqa: E402,F401  (the evaluator lives in its own file)
+from worldmodel.objectives.jepa_eval import Evaluator  # noqa: E402  (the evaluator lives in its own file)
+
+
+@base.register
+class Jepa(base.Objective):
+  name = "jepa"
+  create_model, batch_spec = staticmethod(create_model), staticmethod(batch_spec)
+  check_config, check_data = staticmethod(check_config), staticmethod(check_data)
+  loss_fn, eval_step, Evaluator = staticmethod(loss_fn), staticmethod(eval_step), Evaluator
+  sample_transform, after_update = staticmethod(sample_transform), staticmethod(after_update)
+  encoder_description = "its EMA target encoder"
+
+  def configure_eval(self, config, *, context=None, perceptual="", probes=True) -> None:
+    super().configure_eval(config, context=context, perceptual=perceptual)
+    config.eval.probes = config.eval.get("probes", True) and probes
+
+  def encoder_config(self, config):
+    return config.model
+
+  def encoder_weights(self, state: dict):
+    return state.get("extra", {}).get("target_encoder")

@@ -14,6 +14,7 @@ import numpy as np
 
 from worldmodel import media, metrics, perceptual
 from worldmodel.models.tokenizer import VideoTokenizer
+from worldmodel.objectives import base
 
 BATCH_KEYS = ("video",)
 
@@ -149,3 +150,19 @@ class Evaluator:
       ),
     }
     return result
+
+
+@base.register
+class Tokenizer(base.Objective):
+  name = "tokenizer"
+  create_model, batch_spec = staticmethod(create_model), staticmethod(batch_spec)
+  check_config, check_data = staticmethod(check_config), staticmethod(check_data)
+  loss_fn, eval_step, Evaluator = staticmethod(loss_fn), staticmethod(eval_step), Evaluator
+
+  def configure_eval(self, config, *, context=None, perceptual="", probes=True) -> None:
+    super().configure_eval(config, context=context, probes=probes)
+    if perceptual:
+      from worldmodel import perceptual as perceptual_lib
+
+      perceptual_lib.parse(perceptual)
+      config.eval.perceptual = perceptual
