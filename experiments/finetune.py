@@ -18,9 +18,9 @@ Variants:
 
 import ml_collections
 
+from worldmodel.models.finetune import MODES, TASKS
+
 VARIANTS = ("tiny", "dmc", "base")
-MODES = ("frozen", "partial", "full")
-TASKS = ("state", "classify")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

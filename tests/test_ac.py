@@ -11,8 +11,8 @@ import pytest
 from conftest import experiment_config, run_cli
 from flax import nnx
 
+from worldmodel.common import layer_norm
 from worldmodel.models.ac_predictor import ACPredictor, block_causal_mask
-from worldmodel.objectives.jepa import layer_norm
 
 
 def _predictor(width=32, depth=2, frames=6):
@@ -67,7 +67,7 @@ def test_loss_exponent_is_checked_and_2_gives_half_the_squared_error():
     scan_layers=False,
     encoder=dict(width=16, depth=1, heads=2, mlp_ratio=2.0),
   )
-  model = ac.ACModel(c.model, rngs=nnx.Rngs(0))
+  model = ac.create_model(c, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
   batch = {
     "video": jnp.asarray(rng.integers(0, 255, size=(2, 4, 32, 32, 3)), jnp.uint8),
@@ -120,7 +120,7 @@ def test_cached_step_by_step_equals_full_recompute():
 
 
 def test_model_rollout_matches_recomputed_autoregression():
-  from worldmodel.objectives.ac import ACModel
+  from worldmodel.models.ac import ACModel
 
   m = ml_collections.ConfigDict(
     dict(

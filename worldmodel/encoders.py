@@ -26,6 +26,7 @@ from worldmodel import checkpoint as ckpt_lib
 from worldmodel import config as config_lib
 from worldmodel import objectives
 from worldmodel.importers import vjepa
+from worldmodel.models import vit
 
 EXPORT_FORMAT = "worldmodel-encoder"
 EXPORT_VERSION = 1
@@ -78,7 +79,7 @@ def _source_kind(path: str) -> str:
     raise ckpt_lib.CheckpointError(
       f"{path} is neither a worldmodel workdir (config.json) nor an encoder export (encoder.json)"
     )
-  if path.endswith(vjepa.TORCH_SUFFIXES + (".safetensors",)):
+  if path.endswith(vjepa.SUFFIXES):
     if not os.path.exists(path):
       raise ckpt_lib.CheckpointError(f"{path}: no such file")
     return "vjepa"
@@ -130,7 +131,7 @@ def load_encoder(path: str, *, frames: int | None = None, size: int | None = Non
   frames / size: the clip shape to encode (positions are regenerated for it); default: what it was trained on.
   """
   weights, m = read_encoder(path, frames=frames, size=size, key=key)
-  return vjepa.build(m, weights), m
+  return vit.build(m, weights), m
 
 
 @nnx.jit
@@ -151,7 +152,7 @@ def export_encoder(workdir: str, out_dir: str) -> str:
 
   step, weights, model = _workdir_encoder(workdir)
   m = _encoder_config(model, None, None)
-  vjepa.build(m, weights)  # checks names and shapes before anything is written
+  vit.build(m, weights)  # checks names and shapes before anything is written
   out_dir = os.path.abspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   target = os.path.join(out_dir, "weights")

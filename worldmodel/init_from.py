@@ -14,8 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from worldmodel import checkpoint as ckpt_lib
-
-TORCH_FORMATS = (".pt", ".pth", ".tar", ".safetensors")
+from worldmodel.importers import vjepa
 
 
 def source_tree(src: str, config) -> tuple[dict, str]:
@@ -23,16 +22,14 @@ def source_tree(src: str, config) -> tuple[dict, str]:
   if os.path.isdir(src):
     step, saved = ckpt_lib.read_newest(src)
     return {"params": saved.get("params", {}), "extra": saved.get("extra", {})}, f"{src} (step {step})"
-  if src.endswith(TORCH_FORMATS):
+  if src.endswith(vjepa.SUFFIXES):
     if not os.path.exists(src):
       raise ckpt_lib.CheckpointError(f"init.source {src}: no such file")
-    from worldmodel.importers import vjepa
-
     weights = vjepa.encoder_weights(src, config.model, key=config.init.get("key") or None)
     return {"params": {"encoder": weights}, "extra": {"target_encoder": weights}}, src
   raise ckpt_lib.CheckpointError(
     f"init.source {src!r} is neither a worldmodel workdir nor a V-JEPA checkpoint; supported: a workdir "
-    f"(config.json + checkpoints/), or an encoder file ending in {', '.join(TORCH_FORMATS)}"
+    f"(config.json + checkpoints/), or an encoder file ending in {', '.join(vjepa.SUFFIXES)}"
   )
 
 

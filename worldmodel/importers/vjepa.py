@@ -22,7 +22,6 @@ import pickle
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -31,6 +30,7 @@ from worldmodel.checkpoint import CheckpointError, conform
 from worldmodel.models import positions, vit
 
 TORCH_SUFFIXES = (".pt", ".pth", ".tar")  # .tar: the original repos save `*.pth.tar`
+SUFFIXES = TORCH_SUFFIXES + (".safetensors",)  # every file this importer reads
 FORMATS = ".pt, .pth, .pth.tar (torch.save) or .safetensors"
 PREFIXES = ("module.", "backbone.")  # DDP and MultiMaskWrapper
 # Published heads per width. V-JEPA's ViT-g has 16 heads, V-JEPA 2's (vit_giant_xformers) 22.
@@ -283,15 +283,6 @@ def to_worldmodel(sd: dict, model_cfg: ml_collections.ConfigDict) -> dict:
   return conform(loaded, expected, "V-JEPA encoder")
 
 
-def build(model_cfg: ml_collections.ConfigDict, weights: dict):
-  """A `VideoViT` holding `weights` (a pure dict), without running the random initialisers."""
-  abstract = nnx.eval_shape(lambda: vit.VideoViT(model_cfg, model_cfg.encoder, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
-  weights = conform(weights, nnx.to_pure_dict(state), "encoder weights")
-  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, weights))
-  return nnx.merge(graphdef, state)
-
-
 def encoder_weights(path: str, model_cfg: ml_collections.ConfigDict, *, key: str | None = None) -> dict:
   """The checkpoint's encoder as `VideoViT` params for an existing model config (init_from: fine-tuning)."""
   sd = select_encoder(read_torch_state(path), key, what=path)
@@ -331,4 +322,4 @@ def read_vjepa_encoder(
 def load_vjepa_encoder(path: str, **kwargs):
   """(VideoViT, its model ConfigDict); keyword arguments as `read_vjepa_encoder`."""
   weights, m = read_vjepa_encoder(path, **kwargs)
-  return build(m, weights), m
+  return vit.build(m, weights), m

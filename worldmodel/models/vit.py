@@ -95,6 +95,17 @@ class VideoViT(nnx.Module):
     return self.norm(self.blocks(x_BKD, rope=rope))
 
 
+def build(model_cfg: ml_collections.ConfigDict, weights: dict):
+  """A `VideoViT` holding `weights` (a pure dict), without running the random initialisers."""
+  abstract = nnx.eval_shape(lambda: VideoViT(model_cfg, model_cfg.encoder, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  from worldmodel.checkpoint import conform  # models do not depend on checkpointing at import
+
+  weights = conform(weights, nnx.to_pure_dict(state), "encoder weights")
+  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, weights))
+  return nnx.merge(graphdef, state)
+
+
 class Predictor(nnx.Module):
   """Narrow ViT: context features + one learned mask token per mask set at the target positions → target features.
 

@@ -12,50 +12,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
-from flax import nnx
 
 from worldmodel import checkpoint as ckpt_lib
-from worldmodel import encoders
+from worldmodel import common, encoders
+from worldmodel.common import layer_norm, regression_loss
 from worldmodel.data import pipeline, records
-from worldmodel.models import vit
-from worldmodel.models.ac_predictor import ACPredictor
-from worldmodel.models.jepa import Frozen, retyped
+from worldmodel.models.ac import ACModel
 from worldmodel.objectives import base
-from worldmodel.objectives import tokenizer as tok_obj
-from worldmodel.objectives.jepa import layer_norm, regression_loss
-
-
-class ACModel(nnx.Module):
-  def __init__(self, m: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    e = m.encoder_model
-    self.tubelet, self.rollout_steps = tuple(e.tubelet), m.rollout_steps
-    self.loss_exp = float(m.get("loss_exp", 1.0))
-    self.context_frames = int(m.get("context_frames", 1))  # observed frames before an evaluation / planning rollout
-    self.encoder = retyped(vit.VideoViT(e, e.encoder, rngs=rngs), Frozen)
-    self.predictor = ACPredictor(m, e.encoder.width, self.encoder.grid[1:], rngs=rngs)
-
-  def encode(self, frames_BTHWC: jax.Array) -> jax.Array:
-    """uint8 or [0, 1] frames → layer-normed features [B, T, N, D], every frame on its own."""
-    if frames_BTHWC.dtype == jnp.uint8:
-      frames_BTHWC = tok_obj.to_float(frames_BTHWC)
-    B, T, H, W, C = frames_BTHWC.shape
-    clips = jnp.repeat(frames_BTHWC.reshape(B * T, 1, H, W, C), self.tubelet[0], axis=1)
-    z = layer_norm(self.encoder(clips))
-    return jax.lax.stop_gradient(z.reshape(B, T, z.shape[1], z.shape[2]))
-
-  def rollout(self, z_ctx_BCND: jax.Array, a_BKA: jax.Array, horizon: int) -> jax.Array:
-    """Context features of frames 0..C-1 and actions 0..C+horizon-2 → predicted frames C..C+horizon-1,
-    one frame at a time with cached keys / values; each prediction is layer-normed and fed back."""
-    B, C = z_ctx_BCND.shape[:2]
-    cache = self.predictor.init_cache(B, C + horizon)
-    for t in range(C):
-      pred, cache = self.predictor.step(cache, t, z_ctx_BCND[:, t], a_BKA[:, t])
-    preds = [layer_norm(pred)]
-    for h in range(1, horizon):
-      t = C - 1 + h
-      pred, cache = self.predictor.step(cache, t, preds[-1], a_BKA[:, t])
-      preds.append(layer_norm(pred))
-    return jnp.stack(preds, axis=1)
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> None:
@@ -97,9 +60,9 @@ def batch_spec(config: ml_collections.ConfigDict, sharding) -> dict:
 def check_config(config: ml_collections.ConfigDict) -> None:
   m = config.model
   for key in ("frames", "max_frames", "action_dim", "rollout_steps"):
-    tok_obj._ints(f"model.{key}", (m[key],), minimum=1)
+    common.check_ints(f"model.{key}", (m[key],), minimum=1)
   for key in ("width", "depth", "heads"):
-    tok_obj._ints(f"model.predictor.{key}", (m.predictor[key],), minimum=1)
+    common.check_ints(f"model.predictor.{key}", (m.predictor[key],), minimum=1)
   if m.predictor.width % m.predictor.heads:
     raise ValueError(
       f"config key 'model.predictor.width' ({m.predictor.width}) must be divisible by "
@@ -116,10 +79,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     )
   if m.rollout_steps >= m.frames:
     raise ValueError(f"config key 'model.rollout_steps' ({m.rollout_steps}) must be < model.frames ({m.frames})")
-
-
-def check_data(config: ml_collections.ConfigDict, frame_size: int) -> None:
-  tok_obj.check_data(config, frame_size)
 
 
 def initialize(rt, state: dict) -> dict:
@@ -176,7 +135,7 @@ from worldmodel.objectives.ac_eval import Evaluator  # noqa: E402
 class AC(base.Objective):
   name = "ac"
   create_model, batch_spec = staticmethod(create_model), staticmethod(batch_spec)
-  check_config, check_data = staticmethod(check_config), staticmethod(check_data)
+  check_config, check_data = staticmethod(check_config), staticmethod(common.check_frames)
   loss_fn, eval_step, Evaluator = staticmethod(loss_fn), staticmethod(eval_step), Evaluator
   resolve_config, initialize = staticmethod(resolve_config), staticmethod(initialize)
   plannable = True

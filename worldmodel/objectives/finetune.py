@@ -21,53 +21,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax import nnx, traverse_util
+from flax import traverse_util
 
 from worldmodel import checkpoint as ckpt_lib
-from worldmodel import encoders, probes
+from worldmodel import common, encoders, probes
 from worldmodel.data import pipeline, records
-from worldmodel.models import heads, vit
-from worldmodel.models.jepa import Frozen, retyped
+from worldmodel.models.finetune import MODES, TASKS, FinetuneModel
 from worldmodel.objectives import base
-from worldmodel.objectives import tokenizer as tok_obj
-
-MODES = ("frozen", "partial", "full")
-TASKS = ("state", "classify")
-
-
-def freeze(encoder: vit.VideoViT, mode: str, trainable_blocks: int) -> vit.VideoViT:
-  """Retype the parts that do not train as `Frozen`: all of it (frozen), or all but the last blocks (partial)."""
-  if mode == "frozen":
-    return retyped(encoder, Frozen)
-  if mode == "partial":
-    encoder.patch_embed = retyped(encoder.patch_embed, Frozen)
-    blocks = encoder.blocks.blocks
-    for i in range(len(blocks) - trainable_blocks):
-      blocks[i] = retyped(blocks[i], Frozen)
-  return encoder
-
-
-class FinetuneModel(nnx.Module):
-  def __init__(self, m: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    e = m.encoder_model
-    self.task, self.slot_frames = m.task, e.tubelet[0]
-    self.state_mean, self.state_std = tuple(m.get("state_mean") or ()), tuple(m.get("state_std") or ())
-    self.periodic = tuple(m.get("periodic_state") or ())
-    self.encoder = freeze(vit.VideoViT(e, e.encoder, rngs=rngs), m.mode, m.trainable_blocks)
-    self.head = heads.AttentiveHead(
-      e.encoder.width, output_dim(m), heads=m.head.heads, queries=m.head.queries, rngs=rngs, dtype=jnp.dtype(e.dtype)
-    )
-
-  def __call__(self, video_BTHWC: jax.Array) -> jax.Array:
-    if video_BTHWC.dtype == jnp.uint8:
-      video_BTHWC = tok_obj.to_float(video_BTHWC)
-    return self.head(self.encoder(video_BTHWC))
-
-
-def output_dim(m: ml_collections.ConfigDict) -> int:
-  if m.task == "classify":
-    return len(m.classes)
-  return (m.frames // m.encoder_model.tubelet[0]) * len(m.state_mean)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -139,10 +99,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
       f"config keys 'data.num_frames' ({config.data.num_frames}) and 'model.frames' ({m.frames}) must agree"
     )
-
-
-def check_data(config: ml_collections.ConfigDict, frame_size: int) -> None:
-  tok_obj.check_data(config, frame_size)
 
 
 def create_model(config: ml_collections.ConfigDict, rngs) -> FinetuneModel:
@@ -246,7 +202,7 @@ from worldmodel.objectives.finetune_eval import Evaluator  # noqa: E402
 class Finetune(base.Objective):
   name = "finetune"
   create_model, batch_spec = staticmethod(create_model), staticmethod(batch_spec)
-  check_config, check_data = staticmethod(check_config), staticmethod(check_data)
+  check_config, check_data = staticmethod(check_config), staticmethod(common.check_frames)
   loss_fn, eval_step, Evaluator = staticmethod(loss_fn), staticmethod(eval_step), Evaluator
   resolve_config, initialize, lr_scales = (
     staticmethod(resolve_config),

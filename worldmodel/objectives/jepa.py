@@ -13,12 +13,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from worldmodel import metrics, optim
+from worldmodel import common, metrics, optim
+from worldmodel.common import layer_norm, regression_loss
 from worldmodel.data import masks as masks_lib
 from worldmodel.models import vit
 from worldmodel.models.jepa import JEPA
 from worldmodel.objectives import base
-from worldmodel.objectives import tokenizer as tok_obj
 
 
 def create_model(config: ml_collections.ConfigDict, rngs) -> JEPA:
@@ -52,12 +52,12 @@ def batch_spec(config: ml_collections.ConfigDict, sharding) -> dict:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   m = config.model
-  tok_obj._ints("model.tubelet", m.tubelet, length=3, minimum=1)
+  common.check_ints("model.tubelet", m.tubelet, length=3, minimum=1)
   for key in ("frames", "size"):
-    tok_obj._ints(f"model.{key}", (m[key],), minimum=1)
+    common.check_ints(f"model.{key}", (m[key],), minimum=1)
   for part in ("encoder", "predictor"):
     for key in ("width", "depth", "heads"):
-      tok_obj._ints(f"model.{part}.{key}", (m[part][key],), minimum=1)
+      common.check_ints(f"model.{part}.{key}", (m[part][key],), minimum=1)
     if m[part].width % m[part].heads:
       raise ValueError(
         f"config key 'model.{part}.width' ({m[part].width}) must be divisible by 'model.{part}.heads' ({m[part].heads})"
@@ -71,19 +71,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   vit.PositionTable(m.pos, grid(config), m.encoder.width, m.encoder.heads)  # validates model.pos
 
 
-def check_data(config: ml_collections.ConfigDict, frame_size: int) -> None:
-  tok_obj.check_data(config, frame_size)
-
-
-def layer_norm(x: jax.Array) -> jax.Array:
-  """LayerNorm without affine parameters: how V-JEPA normalises its regression targets."""
-  x = x.astype(jnp.float32)
-  mu, var = jnp.mean(x, -1, keepdims=True), jnp.var(x, -1, keepdims=True)
-  return (x - mu) * jax.lax.rsqrt(var + 1e-6)
-
-
 def _forward(model: JEPA, batch: dict, names) -> tuple[jax.Array, list, list]:
-  video = tok_obj.to_float(batch["video"])
+  video = common.to_float(batch["video"])
   target_BND = layer_norm(jax.lax.stop_gradient(model.target_encoder(video)))
   sets, targets = [], []
   for name in names:
@@ -102,12 +91,6 @@ def loss_fn(model: JEPA, batch: dict, *, rng: jax.Array, train: bool):
   loss = sum(per_set) / len(per_set)
   logs = {"loss": loss, **{f"loss/{n}": l for n, l in zip(names, per_set)}, **monitors(model, target_BND, preds[0])}
   return loss, logs
-
-
-def regression_loss(pred, target, exp: float, axis=None):
-  """V-JEPA's mean(|pred - target|^exp) / exp: L1 for exp=1 (the default), half the squared error for exp=2."""
-  err = jnp.abs(pred - target)
-  return jnp.mean(err if exp == 1 else err**exp, axis=axis) / exp
 
 
 def _names(batch: dict) -> list[str]:
@@ -148,7 +131,7 @@ def eval_step(model: JEPA, batch: dict) -> dict:
   names = _names(batch)
   target_BND, preds, targets = _forward(model, batch, names)
   per_clip = sum(regression_loss(p, t, model.loss_exp, axis=(1, 2)) for p, t in zip(preds, targets)) / len(names)
-  raw_BND = model.target_encoder(tok_obj.to_float(batch["video"]))
+  raw_BND = model.target_encoder(common.to_float(batch["video"]))
   return {"loss_B": per_clip, "features": raw_BND, **monitors(model, target_BND, preds[0])}
 
 
@@ -159,7 +142,7 @@ from worldmodel.objectives.jepa_eval import Evaluator  # noqa: E402  (the evalua
 class Jepa(base.Objective):
   name = "jepa"
   create_model, batch_spec = staticmethod(create_model), staticmethod(batch_spec)
-  check_config, check_data = staticmethod(check_config), staticmethod(check_data)
+  check_config, check_data = staticmethod(check_config), staticmethod(common.check_frames)
   loss_fn, eval_step, Evaluator = staticmethod(loss_fn), staticmethod(eval_step), Evaluator
   sample_transform, after_update = staticmethod(sample_transform), staticmethod(after_update)
   encoder_description = "its EMA target encoder"

@@ -14,10 +14,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from worldmodel import media, metrics, probes
+from worldmodel import common, media, metrics, probes
 from worldmodel.data import pipeline, records
 from worldmodel.models import vit
-from worldmodel.objectives import tokenizer as tok_obj
 
 
 def slot_states(state_BTS: np.ndarray, t: int) -> np.ndarray:
@@ -63,7 +62,7 @@ class FeatureExtractor:
           "ground-truth state (set eval.probes=False to skip them)"
         )
       valid = np.asarray(batch["valid"]) > 0
-      video = tok_obj.to_float(np.asarray(batch["video"])[valid])
+      video = common.to_float(np.asarray(batch["video"])[valid])
       for k, f in encoders.items():
         feats[k].append(slot_tokens(np.asarray(f(video), np.float32), self.grid))
       states.append(

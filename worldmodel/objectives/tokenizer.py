@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from worldmodel import media, metrics, perceptual
+from worldmodel import common, media, metrics, perceptual
 from worldmodel.models.tokenizer import VideoTokenizer
 from worldmodel.objectives import base
 
@@ -32,13 +32,13 @@ def batch_spec(config: ml_collections.ConfigDict, sharding) -> dict:
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Shape-like keys are checked here: absl accepts any string for a tuple-valued key."""
   m = config.model
-  _ints("model.tubelet", m.tubelet, length=3, minimum=1)
+  common.check_ints("model.tubelet", m.tubelet, length=3, minimum=1)
   if m.quantizer.kind == "fsq":
-    _ints("model.quantizer.levels", m.quantizer.levels, minimum=2)
+    common.check_ints("model.quantizer.levels", m.quantizer.levels, minimum=2)
   elif m.quantizer.kind != "vq":
     raise ValueError(f"config key 'model.quantizer.kind' must be 'fsq' or 'vq', got {m.quantizer.kind!r}")
   for key in ("frames", "size", "width", "heads", "enc_depth", "dec_depth"):
-    _ints(f"model.{key}", (m[key],), minimum=1)
+    common.check_ints(f"model.{key}", (m[key],), minimum=1)
   if m.width % m.heads:
     raise ValueError(f"config key 'model.width' ({m.width}) must be divisible by 'model.heads' ({m.heads})")
   for key, n in (("frames", 0), ("size", 1), ("size", 2)):
@@ -46,33 +46,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config key 'model.{key}' ({m[key]}) is not divisible by model.tubelet[{n}] ({m.tubelet[n]})")
 
 
-def _ints(key: str, value, *, length: int | None = None, minimum: int = 1) -> None:
-  ok = isinstance(value, (tuple, list)) and all(isinstance(v, int) and v >= minimum for v in value)
-  if not ok or (length is not None and len(value) != length):
-    want = f"{length} " if length else ""
-    raise ValueError(f"config key {key!r} must be {want}integers >= {minimum}, got {value!r}")
-
-
-def check_data(config: ml_collections.ConfigDict, frame_size: int) -> None:
-  """Frames of the wrong size for the model fail here, before anything is compiled."""
-  if int(frame_size) != int(config.model.size):
-    raise ValueError(
-      f"dataset {config.data.dir} gives {frame_size}x{frame_size} frames but the model expects "
-      f"{config.model.size}x{config.model.size} (config key 'model.size'; or resize the data with "
-      f"--config.data.resize={config.model.size})"
-    )
-  if config.model.frames != config.data.num_frames:
-    raise ValueError(
-      f"config keys disagree: model.frames={config.model.frames} but data.num_frames={config.data.num_frames}"
-    )
-
-
-def to_float(video_uint8: jax.Array) -> jax.Array:
-  return video_uint8.astype(jnp.float32) / 255.0
-
-
 def loss_fn(model: VideoTokenizer, batch: dict, *, rng: jax.Array, train: bool):
-  video = to_float(batch["video"])
+  video = common.to_float(batch["video"])
   out = model(video, train=train, rng=rng)
   mse = jnp.mean(jnp.square(out.recon_BTHWC - (video * 2.0 - 1.0)))
   loss = mse + out.quant.loss
@@ -83,7 +58,7 @@ def loss_fn(model: VideoTokenizer, batch: dict, *, rng: jax.Array, train: bool):
 
 def eval_step(model: VideoTokenizer, batch: dict) -> dict:
   """Per-clip outputs the host aggregates: per-frame PSNR/SSIM/MSE, code indices, reconstructions."""
-  video = to_float(batch["video"])
+  video = common.to_float(batch["video"])
   out = model(video, train=False)
   recon = jnp.clip((out.recon_BTHWC + 1.0) / 2.0, 0.0, 1.0)
   per_frame = metrics.video_psnr_ssim(video, recon)
@@ -156,7 +131,7 @@ class Evaluator:
 class Tokenizer(base.Objective):
   name = "tokenizer"
   create_model, batch_spec = staticmethod(create_model), staticmethod(batch_spec)
-  check_config, check_data = staticmethod(check_config), staticmethod(check_data)
+  check_config, check_data = staticmethod(check_config), staticmethod(common.check_frames)
   loss_fn, eval_step, Evaluator = staticmethod(loss_fn), staticmethod(eval_step), Evaluator
 
   def configure_eval(self, config, *, context=None, perceptual="", probes=True) -> None:
