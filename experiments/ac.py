@@ -15,6 +15,8 @@ Variants:
 
 import ml_collections
 
+from worldmodel import config as config_lib
+
 VARIANTS = ("tiny", "dmc", "small")
 
 
@@ -23,25 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {arg!r} for experiments/ac.py; choose one of {VARIANTS}")
 
-  c = ml_collections.ConfigDict()
-  c.objective = "ac"
-  c.seed = 0
-  c.total_steps = 3000
-  c.batch_size = 8
-  c.log_every_steps = 50
-
-  c.data = dict(
-    dir="",
-    train_split="train",
-    num_frames=8,
-    frame_stride=1,
-    resize=0,
-    weights=(),
-    features=dict(video="", action="", state="", reward=""),
-    read_threads=2,
-    prefetch=4,
-    workers=0,
-  )
+  c = config_lib.base_config("ac", num_frames=8, total_steps=3000, batch_size=8)
   # encoder_source: a JEPA workdir, an encoder export or a V-JEPA file (encoder_key: which of its entries, default
   # target_encoder); encoder_model is filled in from it (and action_dim from the data) at start.
   c.model = dict(
@@ -64,21 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   # context_frames: observed frames a rollout starts from, in evaluation and planning (one frame shows no velocity).
   # V-JEPA 2-AC: warmup, constant, linear decay (WSD); constant weight decay 0.04.
-  c.optim = dict(
-    lr=4e-4,
-    warmup_steps=200,
-    decay_steps=-1,
-    final_lr_frac=0.0,
-    schedule="wsd",
-    decay_frac=0.2,
-    weight_decay=0.04,
-    b1=0.9,
-    b2=0.999,
-    grad_clip=1.0,
-  )
-  c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
-  c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn=dict(data=1, fsdp=1, tensor=1))  # dcn: cross-slice sizes
-  c.eval = dict(split="test", batch_size=16, max_clips=0, num_media=4)
+  c.optim.update(lr=4e-4, warmup_steps=200, schedule="wsd", weight_decay=0.04)
 
   if variant == "tiny":
     c.total_steps = 20

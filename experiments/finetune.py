@@ -18,6 +18,7 @@ Variants:
 
 import ml_collections
 
+from worldmodel import config as config_lib
 from worldmodel.models.finetune import MODES, TASKS
 
 VARIANTS = ("tiny", "dmc", "base")
@@ -34,25 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   mode = next((o for o in options if o in MODES), "frozen")
   task = next((o for o in options if o in TASKS), "state")
 
-  c = ml_collections.ConfigDict()
-  c.objective = "finetune"
-  c.seed = 0
-  c.total_steps = 2000
-  c.batch_size = 16
-  c.log_every_steps = 50
-
-  c.data = dict(
-    dir="",
-    train_split="train",
-    num_frames=16,
-    frame_stride=1,
-    resize=0,
-    weights=(),
-    features=dict(video="", action="", state="", reward=""),
-    read_threads=2,
-    prefetch=4,
-    workers=0,
-  )
+  c = config_lib.base_config("finetune", num_frames=16, total_steps=2000, batch_size=16)
   # encoder_model, size, classes / state statistics are filled in from init.source and the data at start.
   c.model = dict(
     name="finetune",
@@ -73,25 +56,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     state_std=[],
     state_groups={},
   )
-  c.init = dict(source="", key="")
   # Frozen probes train the head alone (higher lr); fine-tuning moves the encoder gently, lower layers least.
   lr = {"frozen": 1e-3, "partial": 3e-4, "full": 2e-4}[mode]
-  c.optim = dict(
-    lr=lr,
-    warmup_steps=100,
-    decay_steps=-1,
-    final_lr_frac=0.0,
-    schedule="cosine",
-    decay_frac=0.2,
-    weight_decay=0.05,
-    b1=0.9,
-    b2=0.999,
-    grad_clip=1.0,
-    layer_decay=0.75 if mode == "full" else 1.0,
-  )
-  c.checkpoint = dict(every_steps=500, keep=2, async_save=True)
-  c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn=dict(data=1, fsdp=1, tensor=1))  # dcn: cross-slice sizes
-  c.eval = dict(split="test", batch_size=16, max_clips=0, num_media=4)
+  c.optim.update(lr=lr, layer_decay=0.75 if mode == "full" else 1.0)
+  c.checkpoint.keep = 2
 
   if variant == "tiny":
     c.total_steps = 300

@@ -15,6 +15,8 @@ Append ',rope' for V-JEPA 2's 3-D RoPE instead of sin-cos positions, ',wsd' for 
 
 import ml_collections
 
+from worldmodel import config as config_lib
+
 VARIANTS = ("tiny", "dmc", "small", "bench", "base", "vit_l", "vit_h", "vit_g")
 OPTIONS = {"rope", "wsd", "future"}
 
@@ -61,25 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       f"(optionally with {sorted(OPTIONS)}, e.g. 'small,rope')"
     )
 
-  c = ml_collections.ConfigDict()
-  c.objective = "jepa"
-  c.seed = 0
-  c.total_steps = 3000
-  c.batch_size = 8
-  c.log_every_steps = 50
-
-  c.data = dict(
-    dir="",
-    train_split="train",
-    num_frames=16,
-    frame_stride=1,
-    resize=0,
-    weights=(),
-    features=dict(video="", action="", state="", reward=""),
-    read_threads=2,
-    prefetch=4,
-    workers=0,
-  )
+  c = config_lib.base_config("jepa", num_frames=16, total_steps=3000, batch_size=8)
   # The model: encoder (and its EMA target), predictor, positions ('sincos' or 'rope'), masks with fixed keep counts.
   c.model = dict(
     name="jepa",
@@ -96,37 +80,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     masks=masks(0.27, 0.09),
   )
   # V-JEPA: AdamW, warmup + cosine lr, weight decay cosine 0.04 → 0.4, EMA momentum linear 0.998 → 1.0.
-  c.optim = dict(
-    lr=6.25e-4,
-    warmup_steps=300,
-    decay_steps=-1,
-    final_lr_frac=0.01,
-    schedule="cosine",
-    decay_frac=0.2,
-    weight_decay=0.04,
-    weight_decay_end=0.4,
-    b1=0.9,
-    b2=0.999,
-    grad_clip=10.0,
-    ema_start=0.998,
-    ema_end=1.0,
+  c.optim.update(
+    lr=6.25e-4, warmup_steps=300, final_lr_frac=0.01, weight_decay=0.04, weight_decay_end=0.4, grad_clip=10.0
   )
-  # Fine-tuning / continued pretraining: a worldmodel workdir or a V-JEPA .pt / .safetensors encoder (init_from.py);
-  # `key` picks 'target_encoder' (default) or 'encoder' from a V-JEPA training checkpoint.
-  c.init = dict(source="", key="")
-  c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
-  c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn=dict(data=1, fsdp=1, tensor=1))  # dcn: cross-slice sizes
+  c.optim.update(ema_start=0.998, ema_end=1.0)  # EMA momentum of the target encoder (objectives/jepa.py)
   # Probes: fit on probe_train_split (probe_clips clips at most), scored on the evaluated split.
-  c.eval = dict(
-    split="test",
-    batch_size=16,
-    max_clips=0,
-    num_media=4,
-    probes=True,
-    probe_train_split="train",
-    probe_clips=256,
-    probe_steps=1500,
-  )
+  c.eval.update(probes=True, probe_train_split="train", probe_clips=256, probe_steps=1500)
 
   if variant == "tiny":
     c.total_steps = 20

@@ -13,6 +13,8 @@ Append ',vq' to a variant (e.g. tiny,vq) for a VQ quantiser instead of FSQ.
 
 import ml_collections
 
+from worldmodel import config as config_lib
+
 VARIANTS = ("tiny", "quickstart", "dmc", "small", "jasmine")
 
 
@@ -24,30 +26,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       f"unknown variant {arg!r} for experiments/tokenizer.py; choose one of {VARIANTS} (optionally with ',vq')"
     )
 
-  c = ml_collections.ConfigDict()
-  c.objective = "tokenizer"
-  c.seed = 0
-  c.total_steps = 1500
-  c.batch_size = 8
-  c.log_every_steps = 100
-
-  # Defaults = the quickstart: 4-frame 32x32 clips, 4x4 patches, FSQ [8,5,5,5] (10 bits per 16 pixels).
-  # Measured: 27.4 dB held-out PSNR after 1500 steps (5.5 min on 2 CPU cores); see BUILD_NOTES.md.
-  # data.dir: one dataset, or a comma-separated mixture sampled by data.weights (default: equal).
-  # data.features maps our names to a foreign TFDS dataset's features (RLDS: video=steps/observation/image).
-  # data.resize: centre-crop + area-resize frames to this size (0: use the dataset's size).
-  c.data = dict(
-    dir="",
-    train_split="train",
-    num_frames=4,
-    frame_stride=1,
-    resize=0,
-    weights=(),
-    features=dict(video="", action="", state="", reward=""),
-    read_threads=2,
-    prefetch=4,
-    workers=0,
-  )
+  # Defaults = the quickstart: 4-frame 32x32 clips, 4x4 patches, FSQ [8,5,5,5] (10 bits per 16 pixels); its
+  # held-out PSNR is in BUILD_NOTES.md.
+  c = config_lib.base_config("tokenizer", num_frames=4, total_steps=1500, batch_size=8, log_every_steps=100)
   c.model = dict(
     name="tokenizer",
     frames=4,
@@ -72,12 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       restart_threshold=0.01,
     ),
   )
-  c.optim = dict(
-    lr=2e-3, warmup_steps=100, decay_steps=-1, final_lr_frac=0.05, weight_decay=1e-4, b1=0.9, b2=0.99, grad_clip=1.0
-  )
-  c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
-  c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn=dict(data=1, fsdp=1, tensor=1))  # dcn: cross-slice sizes
-  c.eval = dict(split="test", batch_size=16, max_clips=0, num_media=4)
+  c.optim.update(lr=2e-3, final_lr_frac=0.05, weight_decay=1e-4, b2=0.99)
 
   if variant == "tiny":
     c.total_steps = 20

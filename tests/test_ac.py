@@ -23,6 +23,7 @@ def _predictor(width=32, depth=2, frames=6):
       remat="none",
       max_frames=frames,
       action_dim=3,
+      residual=False,
     )
   )
   return ACPredictor(m, enc_dim=16, grid_hw=(2, 2), rngs=nnx.Rngs(0))
@@ -140,6 +141,9 @@ def test_model_rollout_matches_recomputed_autoregression():
       max_frames=8,
       action_dim=3,
       rollout_steps=2,
+      residual=False,
+      loss_exp=1.0,
+      context_frames=1,
     )
   )
   model = ACModel(m, rngs=nnx.Rngs(1))

@@ -98,7 +98,7 @@ def bench(config, steps: int, matmul_size: int = 2048) -> dict:
   t0 = time.perf_counter()
   step_fn = rt.train_step.lower(state, first).compile()
   flops = compiled_flops(step_fn)
-  if config.model.get("scan_layers"):
+  if config.model.scan_layers:
     print("warning: XLA's cost analysis counts scanned layers once: flops_per_step and mfu are too low", flush=True)
   state, logs = step_fn(state, first)
   jax.block_until_ready(logs)
@@ -118,7 +118,7 @@ def bench(config, steps: int, matmul_size: int = 2048) -> dict:
   peak = measure_matmul_peak(matmul_size)
   step_time = float(np.median(step_times))
   result = {
-    "config": config.model.get("name", config.objective),
+    "config": config.model.name,
     "batch_size": config.batch_size,
     "devices": jax.device_count(),
     "step_time_s": step_time,
@@ -162,7 +162,7 @@ def bench_loader(config, workers: list[int], batches: int) -> dict:
       next(it)
     out[str(w)] = batches * config.batch_size / (time.perf_counter() - t0)
     print(f"loader workers={w}: {out[str(w)]:.0f} clips/s", flush=True)
-  clip = (config.data.num_frames, config.model.get("size", 0), config.model.get("size", 0), 3)
+  clip = (config.data.num_frames, config.model.size, config.model.size, 3)
   return {
     "loader_clips_per_s": out,
     "clip_shape": clip,
@@ -260,7 +260,7 @@ def _bench_data(config):
   try:
     frames = max(32, (config.data.num_frames - 1) * config.data.frame_stride + 1)
     config.data.dir = bouncing.write_dataset(
-      os.path.join(tmp, "data"), episodes=68, frames=frames, size=config.model.get("size", 64)
+      os.path.join(tmp, "data"), episodes=68, frames=frames, size=config.model.size
     )
     yield
   finally:

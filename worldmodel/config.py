@@ -113,11 +113,92 @@ def save_json(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """A workdir's config.json, with the keys added since it was written filled in once (`with_defaults`)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise ConfigError(f"{workdir} is not a worldmodel workdir: no config.json in it")
   with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+    return ml_collections.ConfigDict(with_defaults(_tuples(json.load(f))))
+
+
+def with_defaults(saved: dict) -> dict:
+  """`saved` with every missing key of `DEFAULTS` (and of its objective's `defaults`) filled in: the values the code
+  used before the key existed, so that code reads config keys directly and old workdirs keep their meaning."""
+  from worldmodel import objectives
+
+  merged = _merge(DEFAULTS, saved)
+  if saved.get("objective") in objectives.names():
+    merged = _merge(objectives.get(saved["objective"]).defaults, merged)
+  return merged
+
+
+def _merge(defaults: dict, values: dict) -> dict:
+  out = dict(values)
+  for k, v in defaults.items():
+    if k not in out:
+      out[k] = v
+    elif isinstance(v, dict) and isinstance(out[k], dict):
+      out[k] = _merge(v, out[k])
+  return out
+
+
+# Keys an older config.json may lack, with the behaviour the code had without them (merged once on load).
+DEFAULTS = {
+  "init": {"source": "", "key": ""},
+  "optim": {"schedule": "cosine", "decay_frac": 0.2, "weight_decay_end": None, "layer_decay": 1.0},
+  "eval": {"perceptual": "", "probes": True},
+}
+
+
+def base_config(objective: str, *, num_frames: int, total_steps: int, batch_size: int, log_every_steps: int = 50):
+  """What every experiment shares: run length, data, optimizer defaults, warm start, checkpoints, mesh and eval.
+  An experiment file adds its `model` block and states only what differs."""
+  c = ml_collections.ConfigDict()
+  c.objective = objective
+  c.seed = 0
+  c.total_steps = total_steps
+  c.batch_size = batch_size
+  c.log_every_steps = log_every_steps
+  # data.dir: one dataset, or a comma-separated mixture sampled by data.weights (default: equal).
+  # data.features maps our names to a foreign TFDS dataset's features (RLDS: video=steps/observation/image).
+  # data.resize: centre-crop + area-resize frames to this size (0: use the dataset's size).
+  c.data = dict(
+    dir="",
+    train_split="train",
+    num_frames=num_frames,
+    frame_stride=1,
+    resize=0,
+    weights=(),
+    features=dict(video="", action="", state="", reward=""),
+    read_threads=2,
+    prefetch=4,
+    workers=0,
+  )
+  # schedule: 'cosine' (warmup + cosine), 'wsd' (warmup, stable, linear decay over the last decay_frac) or
+  # 'constant'; weight_decay_end (None: constant) decays the weight decay on a cosine; layer_decay < 1: layer-wise
+  # learning rates (fine-tuning).
+  c.optim = dict(
+    lr=1e-3,
+    warmup_steps=100,
+    decay_steps=-1,
+    final_lr_frac=0.0,
+    schedule="cosine",
+    decay_frac=0.2,
+    weight_decay=0.05,
+    weight_decay_end=None,
+    b1=0.9,
+    b2=0.999,
+    grad_clip=1.0,
+    layer_decay=1.0,
+  )
+  # Warm start: a worldmodel workdir or a V-JEPA .pt / .safetensors encoder (init_from.py); `key` picks
+  # 'target_encoder' (default) or 'encoder' from a V-JEPA training checkpoint.
+  c.init = dict(source="", key="")
+  c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
+  c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn=dict(data=1, fsdp=1, tensor=1))  # dcn: cross-slice sizes
+  # perceptual: tokenizer runs, 'lpips' and / or 'fvd' at evaluation (the [metrics] extra).
+  c.eval = dict(split="test", batch_size=16, max_clips=0, num_media=4, perceptual="")
+  return c
 
 
 def _tuples(d: Any) -> Any:

@@ -25,7 +25,7 @@ def source_tree(src: str, config) -> tuple[dict, str]:
   if src.endswith(vjepa.SUFFIXES):
     if not os.path.exists(src):
       raise ckpt_lib.CheckpointError(f"init.source {src}: no such file")
-    weights = vjepa.encoder_weights(src, config.model, key=config.init.get("key") or None)
+    weights = vjepa.encoder_weights(src, config.model, key=config.init.key or None)
     return {"params": {"encoder": weights}, "extra": {"target_encoder": weights}}, src
   raise ckpt_lib.CheckpointError(
     f"init.source {src!r} is neither a worldmodel workdir nor a V-JEPA checkpoint; supported: a workdir "

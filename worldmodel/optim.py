@@ -20,14 +20,14 @@ def schedule_steps(opt: ml_collections.ConfigDict, total_steps: int) -> int:
 def make_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
   """optim.schedule: 'cosine' (warmup + cosine), 'wsd' (warmup, stable, linear decay over the last
   optim.decay_frac of the schedule: V-JEPA 2's cooldown recipe) or 'constant' (after warmup)."""
-  kind, length, warmup = opt.get("schedule", "cosine"), schedule_steps(opt, total_steps), max(opt.warmup_steps, 1)
+  kind, length, warmup = opt.schedule, schedule_steps(opt, total_steps), max(opt.warmup_steps, 1)
   end = opt.lr * opt.final_lr_frac
   if kind == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, opt.lr, warmup, length, end_value=end)
   if kind == "constant":
     return optax.warmup_constant_schedule(0.0, opt.lr, warmup)
   if kind == "wsd":
-    decay = max(1, int(round(length * opt.get("decay_frac", 0.2))))
+    decay = max(1, int(round(length * opt.decay_frac)))
     return optax.join_schedules(
       [optax.warmup_constant_schedule(0.0, opt.lr, warmup), optax.linear_schedule(opt.lr, end, decay)],
       [max(length - decay, warmup)],
@@ -56,7 +56,7 @@ def make_optimizer(
     return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
 
   wd = opt.weight_decay
-  if opt.get("weight_decay_end") is not None and opt.weight_decay_end != opt.weight_decay:  # V-JEPA: cosine 0.04→0.4
+  if opt.weight_decay_end is not None and opt.weight_decay_end != opt.weight_decay:  # V-JEPA: cosine 0.04→0.4
     wd = optax.cosine_decay_schedule(
       opt.weight_decay,
       schedule_steps(opt, total_steps),

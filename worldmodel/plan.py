@@ -219,8 +219,8 @@ def run(
       f"{env_name} has {len(env.low_A)}-D actions but the model in {workdir} was trained on "
       f"{config.model.action_dim}-D actions"
     )
-  context = int(config.model.get("context_frames", 1)) if context is None else context
-  cost = cost or ("l2" if config.model.get("loss_exp", 1) == 2 else "l1")  # the distance its predictions minimise
+  context = int(config.model.context_frames) if context is None else context
+  cost = cost or ("l2" if config.model.loss_exp == 2 else "l1")  # the distance its predictions minimise
   if context < 1 or context + horizon > config.model.max_frames:
     raise ValueError(
       f"--context={context} with --horizon={horizon} must fit the predictor's model.max_frames="

@@ -45,7 +45,7 @@ class Runtime:
     filled in by the objective."""
     state = self.init_fn()
     own = self.objective.loads_init_source  # e.g. finetune: maps the source onto its own parts
-    if self.config.get("init") and self.config.init.get("source") and not own:  # warm start: pretrained weights first
+    if self.config.init.source and not own:  # warm start: pretrained weights first
       from worldmodel import init_from
 
       state = init_from.initialize_from(self, state)

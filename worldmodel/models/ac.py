@@ -18,8 +18,8 @@ class ACModel(nnx.Module):
   def __init__(self, m: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     e = m.encoder_model
     self.tubelet, self.rollout_steps = tuple(e.tubelet), m.rollout_steps
-    self.loss_exp = float(m.get("loss_exp", 1.0))
-    self.context_frames = int(m.get("context_frames", 1))  # observed frames before an evaluation / planning rollout
+    self.loss_exp = float(m.loss_exp)
+    self.context_frames = int(m.context_frames)  # observed frames before an evaluation / planning rollout
     self.encoder = retyped(vit.VideoViT(e, e.encoder, rngs=rngs), Frozen)
     self.predictor = ACPredictor(m, e.encoder.width, self.encoder.grid[1:], rngs=rngs)
 

@@ -37,7 +37,7 @@ class ACPredictor(nnx.Module):
   def __init__(self, m: ml_collections.ConfigDict, enc_dim: int, grid_hw: tuple[int, int], *, rngs: nnx.Rngs):
     p, dtype = m.predictor, jnp.dtype(m.dtype)
     self.width, self.heads, self.enc_dim = p.width, p.heads, enc_dim
-    self.residual = bool(m.get("residual", False))  # predict z_t + Δ: "nothing moves" is where training starts
+    self.residual = bool(m.residual)  # predict z_t + Δ: "nothing moves" is where training starts
     self.tokens_per_frame = int(np.prod(grid_hw))
     self.max_frames = m.max_frames
     self.embed = layers.dense(enc_dim, p.width, axes=("fsdp", "tensor"), rngs=rngs, dtype=dtype)

@@ -32,8 +32,8 @@ class FinetuneModel(nnx.Module):
   def __init__(self, m: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     e = m.encoder_model
     self.task, self.slot_frames = m.task, e.tubelet[0]
-    self.state_mean, self.state_std = tuple(m.get("state_mean") or ()), tuple(m.get("state_std") or ())
-    self.periodic = tuple(m.get("periodic_state") or ())
+    self.state_mean, self.state_std = tuple(m.state_mean), tuple(m.state_std)
+    self.periodic = tuple(m.periodic_state)
     self.encoder = freeze(vit.VideoViT(e, e.encoder, rngs=rngs), m.mode, m.trainable_blocks)
     self.head = heads.AttentiveHead(
       e.encoder.width, output_dim(m), heads=m.head.heads, queries=m.head.queries, rngs=rngs, dtype=jnp.dtype(e.dtype)

@@ -19,4 +19,4 @@ class JEPA(nnx.Module):
     self.encoder = vit.VideoViT(m, m.encoder, rngs=rngs)
     self.target_encoder = retyped(self.encoder, EMA)  # starts equal to the encoder, as in V-JEPA
     self.predictor = vit.Predictor(m, num_mask_tokens=len(m.masks), rngs=rngs)
-    self.loss_exp = float(m.get("loss_exp", 1.0))
+    self.loss_exp = float(m.loss_exp)

@@ -57,7 +57,7 @@ class VideoTokenizer(nnx.Module):
 
     self.embed = layers.dense(patch_dim, D, axes=(None, "tensor"), rngs=rngs, dtype=dtype)
     self.enc_pos = _positions(self.grid, D, rngs)
-    scan = cfg.get("scan_layers", False)  # .get: workdirs saved before the key existed
+    scan = cfg.scan_layers
     self.encoder = layers.BlockStack(block, cfg.enc_depth, rngs=rngs, scan=scan, remat=cfg.remat)
     self.enc_norm = layers.layer_norm(D, rngs=rngs, dtype=dtype)
     self.to_code = layers.dense(D, code_dim, axes=("fsdp", None), rngs=rngs, dtype=jnp.float32)

@@ -31,7 +31,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> None:
       "worldmodel.train --config=experiments/jepa.py:...), an encoder export, or a V-JEPA .pt / "
       ".safetensors file; it is the frozen encoder of this model"
     )
-  enc = encoders.read_encoder_config(m.encoder_source, key=m.get("encoder_key") or None)
+  enc = encoders.read_encoder_config(m.encoder_source, key=m.encoder_key or None)
   enc.frames, enc.remat = enc.tubelet[0], "none"  # every frame is encoded on its own (one tubelet)
   m.encoder_model = enc
   m.size = enc.size
@@ -68,13 +68,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       f"config key 'model.predictor.width' ({m.predictor.width}) must be divisible by "
       f"'model.predictor.heads' ({m.predictor.heads})"
     )
-  if m.get("loss_exp", 1.0) not in (1, 2):
+  if m.loss_exp not in (1, 2):
     raise ValueError(f"config key 'model.loss_exp' ({m.loss_exp}) must be 1 (L1) or 2 (squared error)")
   if m.frames < 2 or m.frames > m.max_frames:
     raise ValueError(f"config key 'model.frames' ({m.frames}) must be in 2..model.max_frames ({m.max_frames})")
-  if not 1 <= m.get("context_frames", 1) < m.frames:
+  if not 1 <= m.context_frames < m.frames:
     raise ValueError(
-      f"config key 'model.context_frames' ({m.get('context_frames')}) must be in 1..model.frames - 1 "
+      f"config key 'model.context_frames' ({m.context_frames}) must be in 1..model.frames - 1 "
       f"({m.frames - 1}): a rollout needs at least one frame to predict"
     )
   if m.rollout_steps >= m.frames:
@@ -85,7 +85,7 @@ def initialize(rt, state: dict) -> dict:
   """A fresh run starts from the pretrained encoder (a JEPA run's target encoder at its newest checkpoint, an
   export, or an imported V-JEPA encoder)."""
   m = rt.config.model
-  weights, _ = encoders.read_encoder(m.encoder_source, key=m.get("encoder_key") or None)
+  weights, _ = encoders.read_encoder(m.encoder_source, key=m.encoder_key or None)
   weights = ckpt_lib.conform(weights, state["extra"]["encoder"], f"{m.encoder_source} encoder")
   state["extra"]["encoder"] = jax.device_put(jax.tree.map(jnp.asarray, weights), rt.state_shardings["extra"]["encoder"])
   print(f"frozen encoder: target encoder of {m.encoder_source}", flush=True)
@@ -134,6 +134,9 @@ from worldmodel.objectives.ac_eval import Evaluator  # noqa: E402
 @base.register
 class AC(base.Objective):
   name = "ac"
+  defaults = {
+    "model": {"encoder_key": "", "loss_exp": 1.0, "context_frames": 1, "residual": False, "scan_layers": False}
+  }
   create_model, batch_spec = staticmethod(create_model), staticmethod(batch_spec)
   check_config, check_data = staticmethod(check_config), staticmethod(common.check_frames)
   loss_fn, eval_step, Evaluator = staticmethod(loss_fn), staticmethod(eval_step), Evaluator

@@ -35,7 +35,7 @@ class Evaluator:
     result = {
       "teacher_forcing_loss": float(r["teacher_forcing"]),
       "num_clips": num_clips,
-      "context_frames": int(self.config.model.get("context_frames", 1)),
+      "context_frames": int(self.config.model.context_frames),
       "rollout_l1": [float(x) for x in roll],
       "copy_last_l1": [float(x) for x in copy],
       "rollout_vs_copy_last": [float(x) for x in ratio],

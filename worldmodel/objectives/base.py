@@ -24,6 +24,8 @@ Optional (the defaults below are no-ops):
   after_update(config, params, extra, step) -> (extra, logs)   after each optimizer step (e.g. an EMA target)
   configure_eval(config, *, context, perceptual, probes)   evaluate's objective-specific CLI options
   plannable                                      True: worldmodel.plan can run MPC with this model
+  defaults                                       config keys added since old workdirs were written, with the
+                                                 value the code assumed before (merged once when loaded)
   encoder_description, encoder_config(config), encoder_weights(state)   what worldmodel.encoders loads from a
                                                  workdir of this objective (None: it has no encoder to load)
 
@@ -47,6 +49,7 @@ class Objective:
   loads_init_source: bool = False
   plannable: bool = False
   encoder_description: str = ""
+  defaults: dict = {}  # keys an older workdir's config.json may lack: {"model": {"key": value the code assumed}}
 
   def resolve_config(self, config) -> None:
     del config

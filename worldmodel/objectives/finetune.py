@@ -34,7 +34,7 @@ from worldmodel.objectives import base
 # Config: the encoder's architecture and the task's sizes / statistics come from the source and the data.
 # ---------------------------------------------------------------------------------------------------------------
 def resolve_config(config: ml_collections.ConfigDict) -> None:
-  m, src = config.model, config.init.get("source")
+  m, src = config.model, config.init.source
   if not src:
     raise ValueError(
       "config key 'init.source' must name the pretrained encoder to fine-tune: a JEPA workdir, an "
@@ -42,7 +42,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> None:
     )
   if m.task not in TASKS:
     raise ValueError(f"config key 'model.task' must be one of {TASKS}, got {m.task!r}")
-  enc = encoders.read_encoder_config(src, frames=m.frames, key=config.init.get("key") or None)
+  enc = encoders.read_encoder_config(src, frames=m.frames, key=config.init.key or None)
   enc.scan_layers, enc.remat, enc.dtype = m.scan_layers, m.remat, m.dtype
   m.encoder_model = enc
   m.size = enc.size
@@ -88,7 +88,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       )
     if m.scan_layers:
       raise ValueError("model.mode='partial' freezes some blocks and not others: it needs model.scan_layers=False")
-  if not 0 < config.optim.get("layer_decay", 1.0) <= 1:
+  if not 0 < config.optim.layer_decay <= 1:
     raise ValueError(f"config key 'optim.layer_decay' must be in (0, 1], got {config.optim.layer_decay}")
   if m.frames % m.encoder_model.tubelet[0]:
     raise ValueError(
@@ -122,7 +122,7 @@ def initialize(rt, state: dict) -> dict:
   """Fill the encoder (its trainable parts in params, its frozen parts in extra) from init.source; the head keeps
   its fresh initialisation."""
   c = rt.config
-  weights, _ = encoders.read_encoder(c.init.source, frames=c.model.frames, key=c.init.get("key") or None)
+  weights, _ = encoders.read_encoder(c.init.source, frames=c.model.frames, key=c.init.key or None)
   parts = {g: traverse_util.flatten_dict(state[g].get("encoder", {})) for g in ("params", "extra")}
   like = traverse_util.unflatten_dict({**parts["params"], **parts["extra"]})
   flat = traverse_util.flatten_dict(ckpt_lib.conform(weights, like, f"init.source {c.init.source} encoder"))
@@ -139,7 +139,7 @@ def lr_scales(config: ml_collections.ConfigDict, params: dict) -> dict | None:
   """Per-parameter learning-rate multipliers for layer-wise decay (None when off). Block i of L gets
   decay^(L - i), the patch embedding decay^(L + 1), the final norm and the head 1. Scanned blocks (stacked on a
   leading layer axis) get a per-layer vector."""
-  decay = config.optim.get("layer_decay", 1.0)
+  decay = config.optim.layer_decay
   if decay >= 1.0:
     return None
   depth = config.model.encoder_model.encoder.depth
@@ -201,6 +201,7 @@ from worldmodel.objectives.finetune_eval import Evaluator  # noqa: E402
 @base.register
 class Finetune(base.Objective):
   name = "finetune"
+  defaults = {"model": {"state_groups": {}}}
   create_model, batch_spec = staticmethod(create_model), staticmethod(batch_spec)
   check_config, check_data = staticmethod(check_config), staticmethod(common.check_frames)
   loss_fn, eval_step, Evaluator = staticmethod(loss_fn), staticmethod(eval_step), Evaluator

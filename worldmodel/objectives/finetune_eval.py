@@ -39,7 +39,7 @@ class Evaluator:
       }
       return result
     S = y.shape[-1]
-    groups = {k: list(v) for k, v in (self.m.get("state_groups") or {}).items()}
+    groups = {k: list(v) for k, v in self.m.state_groups.items()}
     r2 = probes.r2_by_group(y.reshape(-1, S), pred.reshape(-1, S), groups)
     result.update(r2=r2, mse=float(np.mean(np.square(pred - y))))
     result["media"] = {

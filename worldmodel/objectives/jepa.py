@@ -141,6 +141,7 @@ from worldmodel.objectives.jepa_eval import Evaluator  # noqa: E402  (the evalua
 @base.register
 class Jepa(base.Objective):
   name = "jepa"
+  defaults = {"model": {"loss_exp": 1.0, "scan_layers": False}, "eval": {"probes": True}}
   create_model, batch_spec = staticmethod(create_model), staticmethod(batch_spec)
   check_config, check_data = staticmethod(check_config), staticmethod(common.check_frames)
   loss_fn, eval_step, Evaluator = staticmethod(loss_fn), staticmethod(eval_step), Evaluator
@@ -149,7 +150,7 @@ class Jepa(base.Objective):
 
   def configure_eval(self, config, *, context=None, perceptual="", probes=True) -> None:
     super().configure_eval(config, context=context, perceptual=perceptual)
-    config.eval.probes = config.eval.get("probes", True) and probes
+    config.eval.probes = config.eval.probes and probes
 
   def encoder_config(self, config):
     return config.model

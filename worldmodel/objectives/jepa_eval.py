@@ -103,7 +103,7 @@ class Evaluator:
     }
     result["collapse_warnings"] = metrics.collapse_warnings(result)
     os.makedirs(out_dir, exist_ok=True)
-    if self.config.eval.get("probes", True):
+    if self.config.eval.probes:
       result.update(self.probe(out_dir, self.config.eval.split))
     return result
 

@@ -73,7 +73,7 @@ class Evaluator:
     self.codes = metrics.CodeStats(model.quantizer.num_codes)
     self.frames = metrics.RunningMean()
     self.media: list[np.ndarray] = []
-    kinds = perceptual.parse(config.eval.get("perceptual"))
+    kinds = perceptual.parse(config.eval.perceptual)
     self.perceptual = (
       perceptual.Accumulator(kinds, config.model.frames) if kinds else None
     )  # LPIPS / FVD: the [metrics] extra
@@ -130,6 +130,7 @@ class Evaluator:
 @base.register
 class Tokenizer(base.Objective):
   name = "tokenizer"
+  defaults = {"model": {"scan_layers": False}}
   create_model, batch_spec = staticmethod(create_model), staticmethod(batch_spec)
   check_config, check_data = staticmethod(check_config), staticmethod(common.check_frames)
   loss_fn, eval_step, Evaluator = staticmethod(loss_fn), staticmethod(eval_step), Evaluator
