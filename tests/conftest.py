@@ -33,6 +33,13 @@ def run_cli(module: str, *args: str, timeout: int = 300, env: dict | None = None
   )
 
 
+def losses(workdir) -> dict:
+  """{step: loss} from a workdir's metrics.jsonl."""
+  import json
+
+  return {r["step"]: r["loss"] for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))}
+
+
 def local_launch_cmd(num_processes: int, devices_per_process: int, module: str, *args: str) -> list[str]:
   """`launch/local.py` running `python -m module args` as N processes x M fake CPU devices (run it with cli_env())."""
   return [

@@ -2,22 +2,18 @@
 
 import os
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import run_cli
 
 from worldmodel.data import generate, records
 from worldmodel.data.sources import bouncing
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _run_cli(*args):
-  cmd = [sys.executable, "-m", "worldmodel.data.generate", *args]
-  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+  return run_cli("worldmodel.data.generate", *args, timeout=120)
 
 
 # --- bouncing source ---------------------------------------------------------

@@ -95,11 +95,11 @@ def test_rlds_clips_are_cropped_and_resized(rlds_dir):
     )
   )
   assert batch["video"].shape == (4, 4, 32, 32, 3) and batch["action"].shape == (4, 4, 2)
-  # frames are flat colours, so the area resize keeps each frame's value: video and action stay aligned
-  np.testing.assert_array_equal(
-    (batch["video"][:, :, 0, 0, 0] % 10).astype(np.float32) * 0 + batch["video"][:, :, 0, 0, 0] // 10,
-    batch["action"][:, :, 0] - 0.5,
-  )
+  # Frames are flat colours 10 * step + episode, so the area resize keeps each frame's value: step t's frame comes
+  # with step t's action, and every frame of a clip comes from one episode.
+  v = batch["video"][:, :, 0, 0, 0].astype(np.int64)
+  np.testing.assert_array_equal(v // 10, batch["action"][:, :, 0] - 0.5)
+  np.testing.assert_array_equal(v % 10, np.broadcast_to(v[:, :1] % 10, v.shape))
 
 
 @pytest.mark.slow

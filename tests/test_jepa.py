@@ -42,11 +42,12 @@ def test_masks_have_fixed_counts_cover_all_tokens_and_are_reproducible():
       assert np.array_equal(np.sort(np.concatenate([ctx, tgt])), np.arange(n))
   a, b = t({}, 5), t({}, 5)
   assert all(np.array_equal(a[k], b[k]) for k in a)
-  assert not np.array_equal(t({}, 6)["short_ctx"], a["short_ctx"])
+  assert all(not np.array_equal(t({}, 6)[f"{name}_ctx"], a[f"{name}_ctx"]) for name in sets)
   # Tubes span the whole clip: before the top-up to a fixed count, masked tokens repeat in every time slot.
   rng = np.random.default_rng(0)
-  blocks = masks._blocks_mask(rng, grid, sets["short"])
-  assert (blocks == blocks[:1]).all()
+  for ms in sets.values():
+    blocks = masks._blocks_mask(rng, grid, ms)
+    assert blocks.any() and (blocks == blocks[:1]).all()
 
 
 def test_mask_settings_that_cannot_give_the_counts_fail_at_config_time():
@@ -163,7 +164,8 @@ def test_predictor_runs_mask_sets_of_equal_length_as_one_batch():
   apart = [model.predictor([s])[0] for s in sets]
   width = config.model.encoder.width  # predictions come back in the encoder's feature width
   assert together[0].shape == (2, 96, width) and together[1].shape == (2, 116, width)
-  np.testing.assert_allclose(together[0], apart[0], atol=1e-5)
+  for joint, alone in zip(together, apart, strict=True):
+    np.testing.assert_allclose(joint, alone, atol=1e-5)
 
 
 @pytest.mark.slow

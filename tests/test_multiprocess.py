@@ -1,6 +1,5 @@
 """A real multi-process run on localhost (launch/local.py, jax.distributed, gloo): same losses as one process."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -8,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, cli_env, local_launch_cmd
+from conftest import REPO, cli_env, local_launch_cmd, losses
 
 from worldmodel.checkpoint import read_numpy
 
@@ -30,10 +29,6 @@ def _launch(num_processes, devices, workdir, data, steps=4):
   return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=cli_env())
 
 
-def _losses(workdir):
-  return {r["step"]: r["loss"] for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))}
-
-
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path, dataset):
   two = _launch(2, 2, tmp_path / "two", dataset)
@@ -41,7 +36,7 @@ def test_two_processes_match_one_process(tmp_path, dataset):
   assert "[p1]" in two.stdout and "(4 devices, 2 processes)" in two.stdout
   one = _launch(1, 4, tmp_path / "one", dataset)
   assert one.returncode == 0, one.stdout[-3000:]
-  a, b = _losses(tmp_path / "two"), _losses(tmp_path / "one")
+  a, b = losses(tmp_path / "two"), losses(tmp_path / "one")
   assert sorted(a) == sorted(b) == [1, 2, 3, 4]
   for step in a:
     assert abs(a[step] - b[step]) <= 1e-5, (step, a[step], b[step])

@@ -61,8 +61,10 @@ def test_resume_position_continues_the_sequence(dataset):
 def test_every_episode_is_seen_once_per_epoch(dataset):
   n = len(records.open_split(dataset, "train"))
   sampler = pipeline.ClipSampler([records.open_split(dataset, "train")], 0, 4, 2)
-  first_epoch = [sampler._perm(0)[g % n] for g in range(n)]
-  assert sorted(first_epoch) == list(range(n))
+  epochs = [[sampler.locate(g) for g in range(e * n, (e + 1) * n)] for e in range(3)]
+  for epoch in epochs:
+    assert sorted(epoch) == [(0, i) for i in range(n)]  # every episode once, from the one dataset
+  assert epochs[0] != epochs[1]  # reshuffled every epoch
 
 
 def test_windows_keep_action_state_aligned_with_frames(dataset):

@@ -142,5 +142,7 @@ def test_kill_9_then_the_same_command_resumes_bit_identically(tmp_path, dataset)
   assert again.returncode == 0 and "resumed from checkpoint step" in again.stdout, again.stderr[-2000:]
   a = read_numpy(str(tmp_path / "ref" / "checkpoints" / "40" / "state"))
   b = read_numpy(str(w / "checkpoints" / "40" / "state"))
-  for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)):
+  la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+  assert [p for p, _ in la] == [p for p, _ in lb] and len(la) > 20  # same leaves, before comparing them pairwise
+  for (path, x), (_, y) in zip(la, lb):
     np.testing.assert_array_equal(x, y, err_msg=str(path))

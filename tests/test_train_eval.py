@@ -8,7 +8,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, make_dataset, run_cli
+from conftest import REPO, losses, make_dataset, run_cli
 
 from worldmodel.checkpoint import read_numpy
 
@@ -30,10 +30,6 @@ def _leaves(workdir, step):
   }
 
 
-def _losses(workdir):
-  return {r["step"]: r["loss"] for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))}
-
-
 @pytest.mark.slow
 def test_train_resume_is_bit_exact_and_evaluate_writes_results(tmp_path, dataset):
   a, b = tmp_path / "a", tmp_path / "b"
@@ -50,7 +46,7 @@ def test_train_resume_is_bit_exact_and_evaluate_writes_results(tmp_path, dataset
   assert la.keys() == lb.keys() and len(la) > 20
   for k in la:
     np.testing.assert_array_equal(la[k], lb[k], err_msg=k)
-  losses_a, losses_b = _losses(a), _losses(b)
+  losses_a, losses_b = losses(a), losses(b)
   assert [losses_a[s] for s in range(11, 21)] == [losses_b[s] for s in range(11, 21)]
   assert losses_a[20] < losses_a[1]  # it learns
 

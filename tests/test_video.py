@@ -1,19 +1,17 @@
 """Tests for the video-file source (`--source=video:GLOB`) and its generate CLI path."""
 
 import os
-import subprocess
-import sys
 
 import av
 import imageio.v2 as imageio
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import run_cli as conftest_run_cli
 
 from worldmodel.data import records
 from worldmodel.data.sources import video
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W = 96, 128  # source clips are landscape: exercises the centre crop
 SQUARE = 24  # px side of the moving white square
 SPEED = 36.0  # the square stays inside the centre crop for 2 s  # px per second, left to right
@@ -62,8 +60,7 @@ def clips(tmp_path_factory):
 
 
 def run_cli(*args):
-  cmd = [sys.executable, "-m", "worldmodel.data.generate", *args]
-  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+  return conftest_run_cli("worldmodel.data.generate", *args, timeout=120)
 
 
 def square_centre(frame_HWC: np.ndarray) -> float:

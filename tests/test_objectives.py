@@ -1,0 +1,80 @@
+"""The objective contract (worldmodel/objectives/base.py): the registry, and every objective's `batch_spec` (what
+ahead-of-time compilation assumes) against the batches its real data pipeline yields."""
+
+import jax.numpy as jnp
+import pytest
+from conftest import experiment_config
+
+from worldmodel import objectives, runtime
+from worldmodel.data import pipeline, records
+
+
+def _encoder_model(frames: int) -> dict:
+  """The encoder block a tiny JEPA run resolves to (no source needed)."""
+  jepa = experiment_config("jepa", "tiny").model
+  return dict(
+    frames=frames,
+    size=jepa.size,
+    tubelet=jepa.tubelet,
+    pos="sincos",
+    dtype="float32",
+    remat="none",
+    scan_layers=False,
+    encoder=jepa.encoder.to_dict(),
+  )
+
+
+def _config(name: str, variant: str, dataset: str):
+  c = experiment_config(name, variant)
+  c.data.dir, c.batch_size = dataset, 4
+  meta = records.read_meta(dataset)
+  if name == "ac":
+    c.model.encoder_model = _encoder_model(experiment_config("jepa", "tiny").model.tubelet[0])  # one tubelet
+    c.model.update(size=64, action_dim=int(meta["action_dim"]))
+  if name == "finetune":
+    c.model.encoder_model = _encoder_model(c.model.frames)
+    c.model.size, c.model.state_dim = 64, int(meta["state_dim"])
+  return c
+
+
+def test_registry_names_every_objective_and_rejects_unknown_ones():
+  assert objectives.names() == ["ac", "finetune", "jepa", "tokenizer"]
+  for name in objectives.names():
+    assert isinstance(objectives.get(name), objectives.Objective) and objectives.get(name).name == name
+  with pytest.raises(ValueError, match=r"'objective' is 'nope'; known objectives: \['ac', 'finetune', 'jepa'"):
+    objectives.get("nope")
+
+
+def test_an_objective_missing_a_required_hook_is_refused():
+  class Half(objectives.Objective):
+    name = "half"
+
+    def create_model(self, config, rngs):
+      raise AssertionError
+
+  with pytest.raises(TypeError, match=r"lacks \['batch_spec', 'check_config', 'check_data', 'loss_fn'"):
+    objectives.register(Half)
+  assert "half" not in objectives.names()
+
+
+@pytest.mark.parametrize("name", ["tokenizer", "jepa", "ac", "finetune"])
+def test_batch_spec_matches_what_the_pipeline_feeds(name, dataset):
+  c = _config(name, "tiny", dataset)
+  batch = next(
+    iter(
+      pipeline.train_dataset(
+        c.data,
+        seed=0,
+        global_batch=c.batch_size,
+        start_step=0,
+        num_steps=1,
+        process_index=0,
+        process_count=1,
+        transform=runtime.sample_transform(c),
+      )
+    )
+  )
+  spec = objectives.get(name).batch_spec(c, None)
+  assert set(spec) <= set(batch), (sorted(spec), sorted(batch))
+  for k, s in spec.items():
+    assert (batch[k].shape, jnp.dtype(batch[k].dtype)) == (s.shape, s.dtype), k
