@@ -70,9 +70,6 @@ class Checkpointer:
         print(f"warning: {msg}; falling back to the previous checkpoint", flush=True)
     raise CheckpointError("no readable checkpoint: " + "; ".join(errors))
 
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
-
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()

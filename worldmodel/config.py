@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import ml_collections
 from absl import flags
 
-# Keys every experiment has (DESIGN.md). Checked before anything is built or compiled.
+# Keys every experiment has (base_config gives the shared ones). Checked before anything is built or compiled.
 REQUIRED_KEYS = (
   "seed",
   "total_steps",

@@ -157,12 +157,3 @@ def collapse_warnings(scalars: dict) -> list[str]:
     if v is not None and ((op == "<" and v < limit) or (op == ">" and v > limit)):
       out.append(f"{key}={v:.4g} (healthy: {'>=' if op == '<' else '<='} {limit})")
   return out
-
-
-def r2_score(y_true_NS, y_pred_NS) -> np.ndarray:
-  """Per-dimension coefficient of determination (1 - SSE / SST); constant dimensions give nan."""
-  y, p = np.asarray(y_true_NS, np.float64), np.asarray(y_pred_NS, np.float64)
-  sst = np.sum(np.square(y - y.mean(0)), axis=0)
-  sse = np.sum(np.square(y - p), axis=0)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    return np.where(sst > 1e-12, 1.0 - sse / sst, np.nan)

@@ -3,13 +3,13 @@
   python -m worldmodel.plan --workdir=AC_WORKDIR --env=dmc:reacher-easy --episodes=10
 
 Each step: encode the current frame and the goal image with the frozen encoder, search action sequences with CEM
-(or MPPI) for the one whose latent rollout ends closest (L1) to the goal's features, execute its first action,
+(or MPPI) for the one whose latent rollout ends closest (--cost: L1 or squared) to the goal's features, execute its first action,
 replan. The same episodes run with random actions as a baseline. Writes WORKDIR/plan/<step>/metrics.json (success
 rate, final fingertip distance, planning time) and a video of the first episode (observation | goal).
 Episode seeds start at 1,000,000 so they never coincide with generated training episodes.
 
 --dynamics tells where a failure comes from. `model` (default) plans with the AC predictor. `simulator` keeps the
-encoder and the L1 cost but predicts with the true MuJoCo physics (each candidate's end pose rendered and encoded):
+encoder and the cost but predicts with the true MuJoCo physics (each candidate's end pose rendered and encoded):
 if it also fails, the representation / cost is what limits planning, not the predictor. `oracle` uses the true
 physics and the true fingertip distance: the planner's own ceiling at this horizon and sample budget.
 """
@@ -117,8 +117,8 @@ def make_planner(
   if cost not in ("l1", "l2"):
     raise ValueError(f"cost={cost!r}: choose l1 or l2")
 
-  def distance(z_NTD, goal_TD):  # per candidate, over tokens and features
-    err = z_NTD - goal_TD
+  def distance(z_NPD, goal_PD):  # per candidate, over tokens and features
+    err = z_NPD - goal_PD
     return jnp.mean(jnp.abs(err) if cost == "l1" else err * err, axis=(1, 2))
 
   def search(cost_fn, key, warm_HA):
@@ -146,15 +146,15 @@ def make_planner(
     )[0]
 
   if dynamics == "simulator":
-    encode = jax.jit(lambda w, frames_1NHWC: nnx.merge(graphdef, w).encode(frames_1NHWC)[0])  # [N, tokens, D]
+    encode = jax.jit(lambda w, frames_1FHWC: nnx.merge(graphdef, w).encode(frames_1FHWC)[0])  # [F, P, D]
 
     def plan_on_host(obs_CHWC, goal_HWC, key, warm_HA, past_KA):
-      goal_ND = encode(weights, jnp.asarray(goal_HWC)[None, None])[0]
+      goal_PD = encode(weights, jnp.asarray(goal_HWC)[None, None])[0]
 
       def cost_fn(actions_NHA):
         with jax.disable_jit(False):  # the encoder stays compiled inside the eager search
-          z_NTD = encode(weights, jnp.asarray(env.rollout_last_frames(np.asarray(actions_NHA)))[None])
-          return distance(z_NTD, goal_ND)
+          z_NPD = encode(weights, jnp.asarray(env.rollout_last_frames(np.asarray(actions_NHA)))[None])
+          return distance(z_NPD, goal_PD)
 
       with jax.disable_jit():  # the search's loop runs eagerly, so cost_fn gets concrete actions
         return search(cost_fn, key, warm_HA)
@@ -167,14 +167,14 @@ def make_planner(
       return search(env.oracle_cost_fn(), key, warm_HA)
     m = nnx.merge(graphdef, weights)
     C = obs_CHWC.shape[0]
-    z = m.encode(jnp.concatenate([obs_CHWC, goal_HWC[None]])[None])[0]  # [C + 1, N, D]
-    z_1CND, goal_ND = z[None, :C], z[C]
+    z = m.encode(jnp.concatenate([obs_CHWC, goal_HWC[None]])[None])[0]  # [C + 1, P, D]
+    z_1CPD, goal_PD = z[None, :C], z[C]
 
     def cost_fn(actions_NHA):
       n = actions_NHA.shape[0]
       a_NKA = jnp.concatenate([jnp.broadcast_to(past_KA, (n,) + past_KA.shape), actions_NHA], axis=1)
-      preds = m.rollout(jnp.broadcast_to(z_1CND, (n,) + z_1CND.shape[1:]), a_NKA, horizon)
-      return distance(preds[:, -1], goal_ND)
+      preds = m.rollout(jnp.broadcast_to(z_1CPD, (n,) + z_1CPD.shape[1:]), a_NKA, horizon)
+      return distance(preds[:, -1], goal_PD)
 
     return search(cost_fn, key, warm_HA)
 

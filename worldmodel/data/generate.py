@@ -176,7 +176,7 @@ def _video(arg: str, cfg: Config) -> Source:
   return Source(make_episode, meta, files=files)
 
 
-# name -> factory(arg after ':', Config) -> Source. Add dmc:DOMAIN-TASK, video:GLOB here.
+# name -> factory(arg after ':', Config) -> Source: --source=NAME[:ARG]. A new source is one entry here.
 SOURCES: dict[str, Callable[[str, Config], Source]] = {"bouncing": _bouncing, "dmc": _dmc, "video": _video}
 
 

@@ -121,7 +121,7 @@ class BlockStack(nnx.Module):
 
   scan=True stacks their parameters on a leading layer axis (replicated: `None` in the partition spec) and runs
   them with a scan, so compile time stays flat in depth; scan=False unrolls a Python list (on this CPU unrolled
-  layers ran ~10 % faster, NOTES.md). remat: 'none'; 'full' recomputes each block's activations in the backward
+  layers ran faster, BUILD_NOTES.md). remat: 'none'; 'full' recomputes each block's activations in the backward
   pass; 'dots' keeps the matmul outputs and recomputes only the cheap elementwise work in between.
   """
 

@@ -33,10 +33,6 @@ def sincos_3d(grid_THW: tuple[int, int, int], dim: int) -> np.ndarray:
   return table[:, :dim].astype(np.float32)
 
 
-def sincos_1d(length: int, dim: int) -> np.ndarray:
-  return _sincos_1d(dim, np.arange(length)).astype(np.float32)
-
-
 def rope_dims(head_dim: int) -> int:
   """Channels per axis that V-JEPA 2 rotates: 2·((head_dim // 3) // 2); the rest of the head is left as is."""
   return 2 * ((head_dim // 3) // 2)

@@ -16,8 +16,6 @@ from worldmodel import common, media, metrics, perceptual
 from worldmodel.models.tokenizer import VideoTokenizer
 from worldmodel.objectives import base
 
-BATCH_KEYS = ("video",)
-
 
 def create_model(config: ml_collections.ConfigDict, rngs) -> VideoTokenizer:
   return VideoTokenizer(config.model, rngs=rngs)

@@ -2,7 +2,7 @@
 
 Axes: `data` (pure data parallel: batch split, parameters replicated), `fsdp` (batch split *and* parameters /
 optimizer state split), `tensor` (attention heads and MLP hidden split). Parameters carry their mesh axes as
-`nnx.with_partitioning` annotations; `param_shardings` drops any axis that does not divide a dimension, so one
+`nnx.with_partitioning` annotations; `fit_spec` drops any axis that does not divide a dimension, so one
 annotation serves every mesh (a 3-wide bias on an 8-way fsdp axis simply stays replicated).
 """
 
@@ -56,7 +56,7 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
   the fast collectives of the per-slice part stay inside one. `mesh.data/fsdp/tensor` are then per-slice sizes."""
   devices = jax.devices() if devices is None else devices
   dcn = dcn_shape(mesh_cfg)
-  # Auto axes: Explicit ones (jax's default) break einops rearranges of sharded arrays (NOTES.md).
+  # Auto axes: Explicit ones (jax's default) break einops rearranges of sharded arrays (BUILD_NOTES.md).
   auto = (AxisType.Auto,) * len(AXES)
   if math.prod(dcn) == 1:
     return jax.make_mesh(mesh_shape(mesh_cfg, len(devices)), AXES, axis_types=auto, devices=devices)

@@ -104,7 +104,7 @@ def parse_task(arg: str) -> tuple[str, str]:
 
 
 def load_env(spec: Spec):
-  """One env per process, reused across episodes; fast-render settings from NOTES.md."""
+  """One env per process, reused across episodes; fast-render settings (BUILD_NOTES.md)."""
   suite = _suite()
   # No time limit: dm_control would silently reset mid-episode after 1000 steps.
   env = suite.load(spec.domain, spec.task, task_kwargs={"time_limit": float("inf")})
