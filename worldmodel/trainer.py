@@ -31,7 +31,8 @@ class TrainError(RuntimeError):
 # ---------------------------------------------------------------------------------------------------------------
 # Checks that must fail before anything is compiled.
 # ---------------------------------------------------------------------------------------------------------------
-def preflight(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def preflight(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, list]:
+  """(dataset metadata, the train split's opened sources, handed on to the pipeline) once every check passed."""
   config_lib.validate(config)
   objective = objectives.get(config.objective)
   objective.resolve_config(config)  # fills keys derived from other runs / the data (saved in config.json)
@@ -43,7 +44,7 @@ def preflight(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.batch_size % jax.process_count():
     raise TrainError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
   _check_workdir(config, workdir)
-  return meta
+  return meta, sources
 
 
 def _check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -148,7 +149,7 @@ class _Preemption:
 # The loop.
 # ---------------------------------------------------------------------------------------------------------------
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  meta = preflight(config, workdir)
+  meta, sources = preflight(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   rt = runtime_lib.build(config)
   lead = jax.process_index() == 0
@@ -177,6 +178,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       start_step=start,
       num_steps=config.total_steps - start,
       transform=runtime_lib.sample_transform(config),
+      sources=sources,
     )
   )
   writer = MetricWriter(workdir, config.total_steps)

@@ -156,17 +156,19 @@ def train_dataset(
   process_index: int | None = None,
   process_count: int | None = None,
   transform=None,
+  sources: list | None = None,
 ) -> grain.IterDataset:
   """The per-process iterator for steps [start_step, start_step + num_steps).
 
   `transform(clip, g)` adds per-sample extras (e.g. JEPA masks) as a pure function of the global sample index g.
+  `sources`: the train split already opened (`open_sources`; the trainer's preflight does); default: open it here.
   """
   p = jax.process_index() if process_index is None else process_index
   n = jax.process_count() if process_count is None else process_count
   if global_batch % n:
     raise ValueError(f"batch_size {global_batch} is not divisible by the {n} processes")
   local = global_batch // n
-  sources = open_sources(data_cfg, data_cfg.train_split)
+  sources = sources if sources is not None else open_sources(data_cfg, data_cfg.train_split)
   sampler = ClipSampler(
     sources,
     seed,

@@ -71,22 +71,24 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   vit.PositionTable(m.pos, grid(config), m.encoder.width, m.encoder.heads)  # validates model.pos
 
 
-def _forward(model: JEPA, batch: dict, names) -> tuple[jax.Array, list, list]:
+def _forward(model: JEPA, batch: dict, names) -> tuple[jax.Array, jax.Array, list, list]:
+  """(raw target-encoder features, their layer norm (the regression target), predictions, targets per set)."""
   video = common.to_float(batch["video"])
-  target_BND = layer_norm(jax.lax.stop_gradient(model.target_encoder(video)))
+  raw_BND = jax.lax.stop_gradient(model.target_encoder(video))
+  target_BND = layer_norm(raw_BND)
   sets, targets = [], []
   for name in names:
     ctx_ids, tgt_ids = batch[f"{name}_ctx"], batch[f"{name}_tgt"]
     sets.append((model.encoder(video, ctx_ids), ctx_ids, tgt_ids))
     targets.append(vit.gather_tokens(target_BND, tgt_ids))
   preds = model.predictor(sets)
-  return target_BND, [p.astype(jnp.float32) for p in preds], targets
+  return raw_BND, target_BND, [p.astype(jnp.float32) for p in preds], targets
 
 
 def loss_fn(model: JEPA, batch: dict, *, rng: jax.Array, train: bool):
   del rng, train  # masks come with the batch; no dropout
   names = _names(batch)
-  target_BND, preds, targets = _forward(model, batch, names)
+  _, target_BND, preds, targets = _forward(model, batch, names)
   per_set = [regression_loss(p, t, model.loss_exp) for p, t in zip(preds, targets)]
   loss = sum(per_set) / len(per_set)
   logs = {"loss": loss, **{f"loss/{n}": l for n, l in zip(names, per_set)}, **monitors(model, target_BND, preds[0])}
@@ -129,9 +131,8 @@ def after_update(config, params: dict, extra: dict, step: jax.Array) -> tuple[di
 def eval_step(model: JEPA, batch: dict) -> dict:
   """Per-clip masked-prediction loss, monitors, and target-encoder features for the probes."""
   names = _names(batch)
-  target_BND, preds, targets = _forward(model, batch, names)
+  raw_BND, target_BND, preds, targets = _forward(model, batch, names)
   per_clip = sum(regression_loss(p, t, model.loss_exp, axis=(1, 2)) for p, t in zip(preds, targets)) / len(names)
-  raw_BND = model.target_encoder(common.to_float(batch["video"]))
   return {"loss_B": per_clip, "features": raw_BND, **monitors(model, target_BND, preds[0])}
 
 
