@@ -62,8 +62,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.total_steps = 2500
     c.optim.update(warmup_steps=60, lr=1e-3)
     c.model.predictor = dict(width=192, depth=4, heads=3, mlp_ratio=4.0)
-    # On reacher the frame change sits in a few arm tokens: L1's optimum there is "no change" (the predictor stayed
-    # at copy-last for 1000 steps); squared error learns the mean change. Two context frames show the velocity.
-    # Held-out rollout vs copy-last at h = 4: L1 0.79x, MSE 0.47x (BUILD_NOTES).
+    # On reacher the frame change sits in a few arm tokens: L1's optimum there is "no change" (the predictor stays at
+    # copy-last); squared error learns the mean change. Two context frames show the velocity. Results: BUILD_NOTES.md
+    # ("Planning: a control step the horizon can see ...").
     c.model.update(loss_exp=2.0, context_frames=2)
   return c

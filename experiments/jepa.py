@@ -92,12 +92,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every_steps = 5
     c.data.num_frames = c.model.frames = 4
     c.model.encoder = dict(width=128, depth=2, heads=4, mlp_ratio=4.0)
-    # A 32 x 1 predictor cannot predict masked content, and the encoder then drops what it cannot predict: held-out
-    # attentive-probe R² of the agent's position after 300 steps 0.78 (32 x 1), 0.85 (64 x 2), BUILD_NOTES.md.
+    # A 32 x 1 predictor cannot predict masked content, and the encoder then drops what it cannot predict (probe R²
+    # per predictor size: BUILD_NOTES.md, "JEPA probes on the embedded data").
     c.model.predictor = dict(width=64, depth=2, heads=2, mlp_ratio=4.0)
     c.model.masks = masks(0.25, 0.09)
     # Squared error: with L1 the predictor settles on the median token (background, on sparse synthetic scenes)
-    # and the encoder learns little about the objects (attentive-probe R² of ball positions -0.13 vs 0.63).
+    # and the encoder learns little about the objects (BUILD_NOTES.md, "Design decisions").
     c.model.loss_exp = 2.0
     c.optim.update(lr=1e-3, warmup_steps=10, decay_steps=1000, ema_start=0.99, ema_end=0.999)
     c.checkpoint.every_steps = 10
@@ -109,7 +109,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.predictor = dict(width=96, depth=4, heads=3, mlp_ratio=4.0)
     c.model.loss_exp = 2.0  # sparse scenes (an arm on a plain floor): see tiny
     c.optim.update(lr=5e-4, warmup_steps=200, ema_start=0.996, ema_end=1.0)
-    c.eval.probe_clips = 1024  # 4 time slots per clip: 4096 probe samples (256 clips left the attentive probe overfit)
+    c.eval.probe_clips = 1024  # 4 time slots per clip: 4096 probe samples (fewer overfit the attentive probe)
   elif variant == "small":
     pass
   elif variant == "bench":

@@ -2,8 +2,8 @@
 
 XLA:CPU allocates a step's large temporaries (attention logits, activations) with malloc and frees them after the
 step. glibc serves blocks that large with mmap and hands them back to the OS on free, so the next step touches fresh
-pages and pays a page fault per 4 KiB: on this VM a [96, 512, 32] x [96, 32, 512] f32 product took 43 ms under glibc
-and 13 ms under tcmalloc, which keeps freed memory for reuse; the JEPA bench step went 5.3 s -> 4.6 s (BUILD_NOTES.md).
+pages and pays a page fault per 4 KiB; tcmalloc keeps freed memory for reuse (measurements: BUILD_NOTES.md, "The
+allocator: page faults were the missing second").
 TPU VM images preload tcmalloc for the same reason.
 
 `use_tcmalloc()` is the first thing `train`, `evaluate`, `plan` and `bench` do when run as programs: if a tcmalloc
