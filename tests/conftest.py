@@ -65,6 +65,22 @@ def experiment_config(name: str, variant: str):
   return module.get_config(variant)
 
 
+def tiny_encoder_model(frames: int) -> dict:
+  """The encoder block (`model.encoder_model`) that a jepa.py:tiny run resolves to, for AC / fine-tune configs that
+  need no source."""
+  jepa = experiment_config("jepa", "tiny").model
+  return dict(
+    frames=frames,
+    size=jepa.size,
+    tubelet=jepa.tubelet,
+    pos="sincos",
+    dtype="float32",
+    remat="none",
+    scan_layers=False,
+    encoder=jepa.encoder.to_dict(),
+  )
+
+
 @pytest.fixture(scope="session")
 def jepa_tiny(tmp_path_factory, dataset) -> str:
   """A 20-step experiments/jepa.py:tiny run on `dataset`, shared by the JEPA, AC and fine-tuning tests (read its

@@ -3,12 +3,12 @@
 import os
 import shutil
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from conftest import make_dataset, run_cli
 
+from worldmodel import config as config_lib
 from worldmodel.data import pipeline, records
 
 
@@ -60,20 +60,9 @@ RLDS_FEATURES = dict(video="steps/observation/image", action="steps/action", sta
 
 
 def _cfg(data_dir, **kw):
-  base = dict(
-    dir=data_dir,
-    train_split="train",
-    num_frames=4,
-    frame_stride=1,
-    resize=0,
-    weights=(),
-    features=dict(video="", action="", state="", reward=""),
-    read_threads=1,
-    prefetch=2,
-    workers=0,
-  )
-  base.update(kw)
-  return ml_collections.ConfigDict(base)
+  c = config_lib.base_config("tokenizer", num_frames=4, total_steps=1, batch_size=1).data
+  c.update(dir=data_dir, read_threads=1, prefetch=2, **kw)
+  return c
 
 
 def test_rlds_layout_is_read_through_a_feature_mapping(rlds_dir):

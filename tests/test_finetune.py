@@ -7,7 +7,7 @@ import av
 import jax
 import numpy as np
 import pytest
-from conftest import experiment_config, run_cli
+from conftest import experiment_config, run_cli, tiny_encoder_model
 
 from worldmodel import runtime
 from worldmodel.objectives import finetune, finetune_eval
@@ -16,18 +16,8 @@ from worldmodel.objectives import finetune, finetune_eval
 def _config(variant: str):
   """finetune.py:VARIANT with the encoder block a tiny JEPA run would resolve to (no source needed)."""
   c = experiment_config("finetune", variant)
-  jepa = experiment_config("jepa", "tiny").model
-  c.model.encoder_model = dict(
-    frames=4,
-    size=jepa.size,
-    tubelet=jepa.tubelet,
-    pos="sincos",
-    dtype="float32",
-    remat="none",
-    scan_layers=False,
-    encoder=jepa.encoder.to_dict(),
-  )
-  c.model.size = jepa.size
+  c.model.encoder_model = tiny_encoder_model(4)
+  c.model.size = c.model.encoder_model.size
   c.model.update(state_dim=3, state_mean=[0.0] * 3, state_std=[1.0] * 3)
   return c
 

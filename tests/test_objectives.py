@@ -3,25 +3,10 @@ ahead-of-time compilation assumes) against the batches its real data pipeline yi
 
 import jax.numpy as jnp
 import pytest
-from conftest import experiment_config
+from conftest import experiment_config, tiny_encoder_model
 
 from worldmodel import objectives, runtime
 from worldmodel.data import pipeline, records
-
-
-def _encoder_model(frames: int) -> dict:
-  """The encoder block a tiny JEPA run resolves to (no source needed)."""
-  jepa = experiment_config("jepa", "tiny").model
-  return dict(
-    frames=frames,
-    size=jepa.size,
-    tubelet=jepa.tubelet,
-    pos="sincos",
-    dtype="float32",
-    remat="none",
-    scan_layers=False,
-    encoder=jepa.encoder.to_dict(),
-  )
 
 
 def _config(name: str, variant: str, dataset: str):
@@ -29,10 +14,10 @@ def _config(name: str, variant: str, dataset: str):
   c.data.dir, c.batch_size = dataset, 4
   meta = records.read_meta(dataset)
   if name == "ac":
-    c.model.encoder_model = _encoder_model(experiment_config("jepa", "tiny").model.tubelet[0])  # one tubelet
+    c.model.encoder_model = tiny_encoder_model(experiment_config("jepa", "tiny").model.tubelet[0])  # one tubelet
     c.model.update(size=64, action_dim=int(meta["action_dim"]))
   if name == "finetune":
-    c.model.encoder_model = _encoder_model(c.model.frames)
+    c.model.encoder_model = tiny_encoder_model(c.model.frames)
     c.model.size, c.model.state_dim = 64, int(meta["state_dim"])
   return c
 

@@ -1,24 +1,16 @@
 """The grain pipeline: deterministic for a seed, topology-free, process slices disjoint and covering the batch."""
 
-import ml_collections
 import numpy as np
 import pytest
 
+from worldmodel import config as config_lib
 from worldmodel.data import pipeline, records
 
 
 def _data_cfg(data_dir, num_frames=4, stride=2):
-  return ml_collections.ConfigDict(
-    dict(
-      dir=data_dir,
-      train_split="train",
-      num_frames=num_frames,
-      frame_stride=stride,
-      read_threads=2,
-      prefetch=2,
-      workers=0,
-    )
-  )
+  c = config_lib.base_config("tokenizer", num_frames=num_frames, total_steps=1, batch_size=1).data
+  c.update(dir=data_dir, frame_stride=stride, prefetch=2)
+  return c
 
 
 def _batches(cfg, *, seed=0, global_batch=8, start=0, steps=3, p=0, n=1):

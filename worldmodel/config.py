@@ -144,6 +144,7 @@ def _merge(defaults: dict, values: dict) -> dict:
 
 # Keys an older config.json may lack, with the behaviour the code had without them (merged once on load).
 DEFAULTS = {
+  "data": {"resize": 0, "weights": (), "features": {}},
   "init": {"source": "", "key": ""},
   "optim": {"schedule": "cosine", "decay_frac": 0.2, "weight_decay_end": None, "layer_decay": 1.0},
   "eval": {"perceptual": "", "probes": True},

@@ -122,28 +122,10 @@ def make_planner(
     return jnp.mean(jnp.abs(err) if cost == "l1" else err * err, axis=(1, 2))
 
   def search(cost_fn, key, warm_HA):
+    common = dict(horizon=horizon, low_A=low_A, high_A=high_A, samples=samples, iterations=iterations)
     if planner == "cem":
-      return planning.cem(
-        cost_fn,
-        key,
-        horizon=horizon,
-        low_A=low_A,
-        high_A=high_A,
-        samples=samples,
-        elites=elites,
-        iterations=iterations,
-        init_mean_HA=warm_HA,
-      )[0]
-    return planning.mppi(
-      cost_fn,
-      key,
-      horizon=horizon,
-      low_A=low_A,
-      high_A=high_A,
-      samples=samples,
-      iterations=iterations,
-      init_mean_HA=warm_HA,
-    )[0]
+      return planning.cem(cost_fn, key, elites=elites, init_mean_HA=warm_HA, **common)[0]
+    return planning.mppi(cost_fn, key, init_mean_HA=warm_HA, **common)[0]
 
   if dynamics == "simulator":
     encode = jax.jit(lambda w, frames_1FHWC: nnx.merge(graphdef, w).encode(frames_1FHWC)[0])  # [F, P, D]

@@ -28,7 +28,7 @@ def data_dirs(data_cfg) -> list[str]:
 
 def feature_map(data_cfg) -> dict | None:
   """data.features with the empty entries dropped (None: the dataset uses our own names)."""
-  mapping = {k: v for k, v in dict(data_cfg.get("features") or {}).items() if v}
+  mapping = {k: v for k, v in dict(data_cfg.features).items() if v}
   return mapping or None
 
 
@@ -37,7 +37,7 @@ def open_sources(data_cfg, split: str) -> list:
 
 
 def mixture_weights(data_cfg, n: int) -> np.ndarray:
-  w = np.asarray(data_cfg.get("weights") or [1.0] * n, np.float64)
+  w = np.asarray(data_cfg.weights or [1.0] * n, np.float64)
   if len(w) != n or np.any(w < 0) or w.sum() <= 0:
     raise ValueError(
       f"config key 'data.weights' {tuple(w)} must hold {n} non-negative weights, one per "
@@ -48,7 +48,7 @@ def mixture_weights(data_cfg, n: int) -> np.ndarray:
 
 def frame_size(data_cfg) -> int:
   """The frame size the pipeline emits: data.resize, or the datasets' own size (which must agree)."""
-  if data_cfg.get("resize"):
+  if data_cfg.resize:
     return int(data_cfg.resize)
   sizes = {d: records.read_meta(d, feature_map(data_cfg)).get("size") for d in data_dirs(data_cfg)}
   if len(set(sizes.values())) > 1:
