@@ -29,8 +29,14 @@ Optional (the defaults below are no-ops):
   encoder_description, encoder_config(config), encoder_weights(state)   what worldmodel.encoders loads from a
                                                  workdir of this objective (None: it has no encoder to load)
 
-Hooks receive the run's ml_collections config; model-side code lives in worldmodel/models/ and helpers shared by
-objectives in worldmodel/objectives/common.py, so that no objective imports another.
+Hooks receive the run's ml_collections config (config keys are read directly: worldmodel.config.base_config gives
+the shared blocks; the objective's `defaults` fill keys its older workdirs lack). Model code lives in
+worldmodel/models/, helpers shared by objectives in worldmodel/common.py and the optimizer in worldmodel/optim.py,
+so that no objective imports another objective or the runtime.
+
+A new objective therefore touches: worldmodel/models/NAME.py (if its model is new), worldmodel/objectives/NAME.py
+(this class, plus an Evaluator, in the same file or a NAME_eval.py beside it) and experiments/NAME.py (its config,
+built on base_config) — nothing else.
 """
 
 from __future__ import annotations
