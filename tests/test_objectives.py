@@ -1,10 +1,13 @@
 """The objective contract (worldmodel/objectives/base.py): the registry, and every objective's `batch_spec` (what
 ahead-of-time compilation assumes) against the batches its real data pipeline yields."""
 
+import json
+
 import jax.numpy as jnp
 import pytest
 from conftest import experiment_config, tiny_encoder_model
 
+from worldmodel import config as config_lib
 from worldmodel import objectives, runtime
 from worldmodel.data import pipeline, records
 
@@ -63,3 +66,14 @@ def test_batch_spec_matches_what_the_pipeline_feeds(name, dataset):
   assert set(spec) <= set(batch), (sorted(spec), sorted(batch))
   for k, s in spec.items():
     assert (batch[k].shape, jnp.dtype(batch[k].dtype)) == (s.shape, s.dtype), k
+
+
+def test_an_old_workdir_config_gets_the_keys_added_since_with_the_values_it_ran_with(tmp_path):
+  saved = config_lib.to_dict(experiment_config("ac", "tiny"))
+  del saved["init"], saved["optim"]["layer_decay"], saved["eval"]["perceptual"]
+  del saved["model"]["residual"], saved["model"]["context_frames"], saved["data"]["features"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  c = config_lib.load_workdir_config(str(tmp_path))
+  assert c.model.residual is False and c.model.context_frames == 1  # before the keys existed: no residual, 1 frame
+  assert c.init.source == "" and c.optim.layer_decay == 1.0 and c.eval.perceptual == "" and not c.data.features
+  assert c.model.loss_exp == saved["model"]["loss_exp"] and c.optim.schedule == "wsd"  # saved keys win
