@@ -1,6 +1,7 @@
 """A real multi-process run on localhost (launch/local.py, jax.distributed, gloo): same losses as one process."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -137,4 +138,5 @@ def test_a_peer_that_dies_mid_run_stops_the_others_in_bounded_time(tmp_path, dat
   time.sleep(0.5)
   out = "".join(lines)
   assert p0.returncode != 0 and time.time() - t0 < 60, out[-2000:]
-  assert "heartbeat timeout" in out or "Connection closed" in out or "failed" in out.lower(), out[-3000:]
+  # The survivor learns of the dead peer from the coordination service or from its next collective (gloo).
+  assert re.search(r"Task 1 heartbeat timeout|Connection (closed|reset) by peer", out), out[-3000:]
