@@ -77,3 +77,20 @@ def test_an_old_workdir_config_gets_the_keys_added_since_with_the_values_it_ran_
   assert c.model.residual is False and c.model.context_frames == 1  # before the keys existed: no residual, 1 frame
   assert c.init.source == "" and c.optim.layer_decay == 1.0 and c.eval.perceptual == "" and not c.data.features
   assert c.model.loss_exp == saved["model"]["loss_exp"] and c.optim.schedule == "wsd"  # saved keys win
+
+
+def test_evaluate_options_are_hooks_of_the_objectives_they_apply_to():
+  tok, jepa, ac = (experiment_config(n, "tiny") for n in ("tokenizer", "jepa", "ac"))
+  with pytest.raises(ValueError, match="--context=2: only action-conditioned runs roll out; this is a 'tokenizer'"):
+    objectives.get("tokenizer").configure_eval(tok, context=2)
+  with pytest.raises(ValueError, match="--perceptual=lpips: LPIPS / FVD compare pixels; a 'jepa' run"):
+    objectives.get("jepa").configure_eval(jepa, perceptual="lpips")
+  objectives.get("tokenizer").configure_eval(tok, perceptual="lpips", probes=False)
+  objectives.get("jepa").configure_eval(jepa, probes=False)
+  assert tok.eval.perceptual == "lpips" and jepa.eval.probes is False
+  ac.model.encoder_model, ac.model.action_dim = tiny_encoder_model(2), 2  # as resolve_config leaves them
+  objectives.get("ac").configure_eval(ac, context=2)
+  assert ac.model.context_frames == 2
+  with pytest.raises(ValueError, match="'model.context_frames' \\(4\\) must be in 1..model.frames - 1"):
+    objectives.get("ac").configure_eval(ac, context=4)
+  assert [n for n in objectives.names() if objectives.get(n).plannable] == ["ac"]
