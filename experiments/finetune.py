@@ -92,6 +92,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint = dict(every_steps=500, keep=2, async_save=True)
   c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn=dict(data=1, fsdp=1, tensor=1))  # dcn: cross-slice sizes
   c.eval = dict(split="test", batch_size=16, max_clips=0, num_media=4)
+  # Evaluation during training (worldmodel/eval_hook.py): every_steps > 0 runs the evaluator on train_split,
+  # at most train_max_clips clips (0: all), every that many steps and at the last.
+  c.eval.update(every_steps=0, train_split="val", train_max_clips=64)
 
   if variant == "tiny":
     c.total_steps = 300

@@ -127,6 +127,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     probe_clips=256,
     probe_steps=1500,
   )
+  # Evaluation during training (worldmodel/eval_hook.py): every_steps > 0 runs the evaluator on train_split,
+  # at most train_max_clips clips (0: all), every that many steps and at the last; train_probes: also fit the
+  # state probes (slow).
+  c.eval.update(every_steps=0, train_split="val", train_max_clips=64, train_probes=False)
 
   if variant == "tiny":
     c.total_steps = 20

@@ -95,6 +95,45 @@ def evaluate(
   step, state, _ = ckpt.restore(rt.abstract_state, step)
   ckpt.close()
 
+  out_dir = out_dir or os.path.join(workdir, "eval", str(step))
+  result = evaluate_state(
+    rt,
+    state,
+    config,
+    step,
+    split=split,
+    batch_size=batch_size,
+    max_clips=max_clips,
+    out_dir=out_dir,
+    probes=probes,
+    perceptual=perceptual,
+  )
+  if jax.process_index() == 0:
+    _tensorboard(workdir, split, step, result)
+    _print_table(result, out_dir)
+  return result
+
+
+def evaluate_state(
+  rt,
+  state,
+  config,
+  step: int,
+  *,
+  split: str,
+  out_dir: str,
+  batch_size: int | None = None,
+  max_clips: int | None = None,
+  probes: bool = True,
+  perceptual: str = "",
+  progress: bool = True,
+) -> dict:
+  """The objective's evaluator over `split` for a train state already on the mesh: what the CLI runs after its
+  restore, and what training runs every eval.every_steps (worldmodel/eval_hook.py). Every process calls it (the
+  same jitted calls in the same order); process 0 gets the result and writes OUT_DIR/metrics.json + media."""
+  from worldmodel import runtime as runtime_lib
+  from worldmodel.data import pipeline
+
   bs = batch_size or config.eval.batch_size
   bs = -(-bs // rt.mesh.size) * rt.mesh.size  # whole batches per device
   limit = max_clips if max_clips is not None else (config.eval.max_clips or None)
@@ -117,25 +156,20 @@ def evaluate(
   evaluator = rt.objective.Evaluator(rt.model(state), config, num_media=config.eval.num_media)
   lead = jax.process_index() == 0
   t0, n_batches = time.time(), -(-num_clips // bs)
-  tty = sys.stdout.isatty()  # a live progress line on terminals, a few plain lines in logs
+  tty = progress and sys.stdout.isatty()  # a live progress line on terminals, a few plain lines in logs
   for i, batch in enumerate(batches):
     out = rt.eval_step(state, pipeline.to_global(_local_slice(batch), rt.mesh))
     evaluator.update(batch, _gather(out))
-    if lead and (tty or (i + 1) % max(1, n_batches // 10) == 0 or i + 1 == n_batches):
+    if progress and lead and (tty or (i + 1) % max(1, n_batches // 10) == 0 or i + 1 == n_batches):
       line = f"eval {split}: batch {i + 1}/{n_batches} ({time.time() - t0:.0f}s)"
       print("\r" + line if tty else line, end="" if tty else "\n", flush=True)
   if lead and tty:
     print(flush=True)
-
-  out_dir = out_dir or os.path.join(workdir, "eval", str(step))
-  result = (
-    {"step": step, "split": split, "data": config.data.dir, **evaluator.finish(out_dir, num_clips)} if lead else {}
-  )
-  if lead:
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-      json.dump(result, f, indent=2)
-    _tensorboard(workdir, split, step, result)
-    _print_table(result, out_dir)
+  if not lead:
+    return {}
+  result = {"step": step, "split": split, "data": config.data.dir, **evaluator.finish(out_dir, num_clips)}
+  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+    json.dump(result, f, indent=2)
   return result
 
 
