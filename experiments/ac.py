@@ -76,6 +76,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     b2=0.999,
     grad_clip=1.0,
   )
+  # log.wandb: a Weights & Biases project ("PROJECT" or "ENTITY/PROJECT"; worldmodel/trackers.py); "": off.
+  c.log = dict(wandb="")
   c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
   c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn=dict(data=1, fsdp=1, tensor=1))  # dcn: cross-slice sizes
   c.eval = dict(split="test", batch_size=16, max_clips=0, num_media=4)

@@ -89,6 +89,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     grad_clip=1.0,
     layer_decay=0.75 if mode == "full" else 1.0,
   )
+  # log.wandb: a Weights & Biases project ("PROJECT" or "ENTITY/PROJECT"; worldmodel/trackers.py); "": off.
+  c.log = dict(wandb="")
   c.checkpoint = dict(every_steps=500, keep=2, async_save=True)
   c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn=dict(data=1, fsdp=1, tensor=1))  # dcn: cross-slice sizes
   c.eval = dict(split="test", batch_size=16, max_clips=0, num_media=4)

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import REPO, make_dataset, run_cli
+from test_trackers import wandb_history
 
 from worldmodel import eval_hook
 from worldmodel.checkpoint import read_numpy
@@ -98,11 +99,15 @@ def test_vq_tokenizer_trains_on_a_data_parallel_mesh(tmp_path, dataset):
     "--config.log_every_steps=3",
     "--cpu_devices=4",
     "--config.mesh.fsdp=2",
+    "--config.log.wandb=wm-test",  # Weights & Biases, offline: the rows land in WORKDIR/wandb/
+    env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"},
   )
   assert r.returncode == 0, r.stderr[-3000:]
   assert "data=2 × fsdp=2 × tensor=1 (4 devices" in r.stdout
   rows = [json.loads(l) for l in open(tmp_path / "w" / "metrics.jsonl")]
   assert "vq/commit_loss" in rows[-1] and np.isfinite(rows[-1]["loss"])
+  logged = wandb_history(tmp_path / "w")
+  assert [r["_step"] for r in logged] == [3, 6] and logged[-1]["loss"] == pytest.approx(rows[-1]["loss"])
 
 
 def test_bad_configs_fail_fast_naming_the_cause(tmp_path, dataset):

@@ -275,3 +275,7 @@ def main(argv):
 
 if __name__ == "__main__":
   app.run(main, flags_parser=config_lib.flags_parser)
+else:  # worldmodel.evaluate(...) is the Python API's evaluate (worldmodel/api.py)
+  from worldmodel import api
+
+  api.callable_module(__name__, api.evaluate)

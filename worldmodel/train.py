@@ -46,3 +46,7 @@ def main(argv):
 
 if __name__ == "__main__":
   app.run(main, flags_parser=config_lib.flags_parser)
+else:  # worldmodel.train(...) is the Python API's train (worldmodel/api.py)
+  from worldmodel import api
+
+  api.callable_module(__name__, api.train)

@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 
 from worldmodel import checkpoint as ckpt_lib
 from worldmodel import config as config_lib
-from worldmodel import eval_hook, metrics
+from worldmodel import eval_hook, metrics, trackers
 from worldmodel import runtime as runtime_lib
 from worldmodel.data import pipeline, records
 from worldmodel.parallel import mesh as mesh_lib
@@ -45,6 +45,7 @@ def preflight(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise TrainError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
   _check_workdir(config, workdir)
   eval_hook.EvalHook(config, workdir).check()
+  trackers.check(config)
   return meta
 
 
@@ -182,7 +183,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       transform=runtime_lib.sample_transform(config),
     )
   )
-  writer = MetricWriter(workdir, config.total_steps)
+  writer = trackers.Writers(MetricWriter(workdir, config.total_steps), config, workdir)  # + W&B when log.wandb
   if evals.resumed(start, data_state):  # due at the restored step but not run before that save
     evals.run(rt, state, start, writer)
   preempt = _Preemption()
