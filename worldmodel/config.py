@@ -44,7 +44,9 @@ def die(msg: str, code: int = 2):
 def flags_parser(argv: Sequence[str]) -> list[str]:
   """absl flags parser for app.run that turns config override mistakes into one clear line instead of a traceback."""
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    quiet_logs()
+    return rest
   except flags.Error as e:
     die(_explain(str(e)))
   except AttributeError as e:  # config_flags raises this for --config.unknown_key=...
@@ -53,6 +55,22 @@ def flags_parser(argv: Sequence[str]) -> list[str]:
     die(f"unknown config key {key!r} (from {bad[0] if bad else argv}); see the config file for valid keys")
   except Exception as e:  # noqa: BLE001 - e.g. a config file's get_config raising for an unknown variant
     die(f"could not load the config: {type(e).__name__}: {e}")
+
+
+def quiet_logs() -> None:
+  """Keep absl / Orbax / TFDS INFO lines off the console (they flood `plan` between its episode lines); warnings and
+  errors still show. --verbosity=0 (or -v 0) on the command line brings INFO back."""
+  import logging
+
+  from absl import logging as absl_logging
+
+  if not flags.FLAGS["verbosity"].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("absl").addFilter(_drop_known_noise)
+
+
+def _drop_known_noise(record) -> bool:
+  return "OpenCV is not installed" not in record.getMessage()  # TFDS decodes PNG / JPEG with PIL instead: fine
 
 
 def _explain(msg: str) -> str:

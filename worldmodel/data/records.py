@@ -279,9 +279,14 @@ class EpisodeSource:
   def _open(self):
     from grain import sources  # grain imports are slow; keep them off module import
 
+    from worldmodel.data import tfrecord  # RLDS / TFDS datasets published as TFRecord shards
+
     self._features = tfds.features.FeatureConnector.from_config(self.data_dir)
     try:
-      self._reader = sources.ArrayRecordDataSource(self.paths)
+      if tfrecord.is_tfrecord(self.paths):
+        self._reader = tfrecord.TFRecordSource(self.paths, self.shard_lengths)
+      else:
+        self._reader = sources.ArrayRecordDataSource(self.paths)
     except Exception as e:  # a truncated / corrupt shard fails here: find and name it
       raise DatasetError(
         f"{self.data_dir}: split {self.split!r}: {self._bad_shard()} is corrupt or truncated ({e})"
