@@ -348,7 +348,11 @@ def _flatten(example: Any, prefix: str = "") -> dict[str, np.ndarray]:
     for k, v in example.items():
       out.update(_flatten(v, f"{prefix}{k}/"))
     return out
-  if not isinstance(example, np.ndarray) and hasattr(example, "__len__") and hasattr(example, "__getitem__"):
+  if (
+    not isinstance(example, (np.ndarray, bytes, str))
+    and hasattr(example, "__len__")
+    and hasattr(example, "__getitem__")
+  ):
     steps = [_flatten(example[i]) for i in range(len(example))]  # tfds.features.Dataset decodes lazily
     keys = steps[0].keys() if steps else ()
     return {f"{prefix}{k}": np.stack([s[k] for s in steps]) for k in keys}
