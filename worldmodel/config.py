@@ -43,10 +43,16 @@ def die(msg: str, code: int = 2):
 
 def flags_parser(argv: Sequence[str]) -> list[str]:
   """absl flags parser for app.run that turns config override mistakes into one clear line instead of a traceback."""
+  _config_help(argv)
   try:
     rest = flags.FLAGS(argv)
     quiet_logs()
+    _check_config_loaded()
     return rest
+  except SystemExit:  # absl exits 1 after printing --help; asking for help is not an error
+    if any(a.split("=")[0] in ("--help", "-h", "-?", "--helpfull", "--helpshort") for a in argv[1:]):
+      sys.exit(0)
+    raise
   except flags.Error as e:
     die(_explain(str(e)))
   except AttributeError as e:  # config_flags raises this for --config.unknown_key=...
@@ -55,6 +61,67 @@ def flags_parser(argv: Sequence[str]) -> list[str]:
     die(f"unknown config key {key!r} (from {bad[0] if bad else argv}); see the config file for valid keys")
   except Exception as e:  # noqa: BLE001 - e.g. a config file's get_config raising for an unknown variant
     die(f"could not load the config: {type(e).__name__}: {e}")
+
+
+def _config_help(argv: Sequence[str]) -> None:
+  """--config=FILE:help prints the experiment file's docstring (its variants) and exits 0."""
+  for arg in argv:
+    if arg.startswith("--config=") and arg.endswith(":help"):
+      print_variants(arg[len("--config=") : -len(":help")])
+      sys.exit(0)
+
+
+def print_variants(path: str) -> None:
+  import ast
+
+  if not os.path.exists(path):
+    die(f"--config: no such file {path}")
+  doc = ast.get_docstring(ast.parse(open(path).read())) or f"{path} has no docstring"
+  print(doc)
+
+
+def _check_config_loaded() -> None:
+  """config_flags keeps a load failure (missing file, syntax error) in a stand-in value that fails later with an
+  unrelated message: report it here, naming the file."""
+  for name in ("config",):
+    if name in flags.FLAGS and type(flags.FLAGS[name].value).__name__ == "_ErrorConfig":
+      error = flags.FLAGS[name].value._error
+      path = str(flags.FLAGS[name].config_filename if hasattr(flags.FLAGS[name], "config_filename") else "")
+      cause = str(error).splitlines()[-1].strip() if str(error) else type(error).__name__
+      if "No such file" in cause:
+        found = (
+          sorted(f for f in os.listdir("experiments") if f.endswith(".py")) if os.path.isdir("experiments") else []
+        )
+        hint = f" (experiments/: {', '.join(found)})" if found else ""
+        die(f"--config: no such file {path.split(':')[0] or cause}{hint}")
+      die(f"--config: could not load {path}: {cause}")
+
+
+_DTYPES = {
+  "float32": ("float32", "f32", "fp32", "float"),
+  "bfloat16": ("bfloat16", "bf16"),
+  "float16": ("float16", "f16", "fp16", "half"),
+}
+
+
+def canonical_dtype(key: str, value: Any) -> str:
+  """'bf16' → 'bfloat16' etc.; anything else is a ConfigError naming the key and the accepted spellings."""
+  for name, aliases in _DTYPES.items():
+    if isinstance(value, str) and value.lower() in aliases:
+      return name
+  accepted = "; ".join(f"{n} ({', '.join(a[1:])})" for n, a in _DTYPES.items())
+  raise ConfigError(f"config key {key!r} must be a float dtype: {accepted}; got {value!r}")
+
+
+def normalize_dtypes(node: Any, prefix: str = "model") -> None:
+  """Every `dtype` key under `model` (encoder_model included) in its canonical spelling."""
+  if not isinstance(node, ml_collections.ConfigDict):
+    return
+  for key in list(node.keys()):
+    if key == "dtype":
+      node[key] = canonical_dtype(f"{prefix}.dtype", node[key])
+    else:
+      normalize_dtypes(node[key], f"{prefix}.{key}")
 
 
 def quiet_logs() -> None:
@@ -103,6 +170,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = get(config, key)
     if not isinstance(value, int) or (value <= 0 and value != -1):
       raise ConfigError(f"config key {key!r} must be a positive integer or -1 (fill), got {value!r}")
+  normalize_dtypes(config.get("model"))
   if not config.data.dir:
     raise ConfigError(
       "config key 'data.dir' is empty: pass --config.data.dir=PATH (make a dataset with "

@@ -54,6 +54,7 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
     "AC runs: observed frames each latent rollout starts from; default: the run's model.context_frames.",
   )
   flags.mark_flag_as_required("workdir")
+  flags.adopt_module_key_flags(distributed)  # --help lists the multi-host flags too
 
 
 def evaluate(
