@@ -73,7 +73,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     state_std=[],
     state_groups={},
   )
-  c.init = dict(source="", key="")
+  # init.heads: a V-JEPA file's attention heads when its width has no published count (0: the published one).
+  c.init = dict(source="", key="", heads=0)
   # Frozen probes train the head alone (higher lr); fine-tuning moves the encoder gently, lower layers least.
   lr = {"frozen": 1e-3, "partial": 3e-4, "full": 2e-4}[mode]
   c.optim = dict(

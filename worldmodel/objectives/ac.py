@@ -67,7 +67,9 @@ def resolve_config(config: ml_collections.ConfigDict) -> None:
       "worldmodel.train --config=experiments/jepa.py:...), an encoder export, or a V-JEPA .pt / "
       ".safetensors file; it is the frozen encoder of this model"
     )
-  enc = encoders.read_encoder_config(m.encoder_source, key=m.get("encoder_key") or None)
+  enc = encoders.read_encoder_config(
+    m.encoder_source, key=m.get("encoder_key") or None, heads=m.get("encoder_heads") or None
+  )
   enc.frames, enc.remat = enc.tubelet[0], "none"  # every frame is encoded on its own (one tubelet)
   m.encoder_model = enc
   m.size = enc.size
@@ -125,7 +127,9 @@ def initialize(rt, state: dict) -> dict:
   """A fresh run starts from the pretrained encoder (a JEPA run's target encoder at its newest checkpoint, an
   export, or an imported V-JEPA encoder)."""
   m = rt.config.model
-  weights, _ = encoders.read_encoder(m.encoder_source, key=m.get("encoder_key") or None)
+  weights, _ = encoders.read_encoder(
+    m.encoder_source, key=m.get("encoder_key") or None, heads=m.get("encoder_heads") or None
+  )
   weights = ckpt_lib.conform(weights, state["extra"]["encoder"], f"{m.encoder_source} encoder")
   state["extra"]["encoder"] = jax.device_put(jax.tree.map(jnp.asarray, weights), rt.state_shardings["extra"]["encoder"])
   print(f"frozen encoder: target encoder of {m.encoder_source}", flush=True)
