@@ -40,3 +40,18 @@ def test_a_missing_step_lists_the_available_ones(tmp_path):
   with pytest.raises(ckpt_lib.CheckpointError, match="no checkpoint at step 3 .*available steps: 2, 4"):
     ckpt.restore({"w": jnp.zeros(3)}, 3)
   ckpt.close()
+
+
+def test_gif_captions_sit_over_their_panels(tmp_path):
+  import imageio.v3 as iio
+  import numpy as np
+
+  from worldmodel import media
+
+  video = media.side_by_side([np.zeros((3, 16, 16, 3), np.uint8), np.zeros((3, 16, 16, 3), np.uint8)])
+  frames = iio.imread(media.write_gif(tmp_path / "c.gif", video, scale=3, captions=["truth", "recon"]))
+  assert frames.shape[1:3] == (16 * 3 + 14, 18 * 2 * 3)
+  strip = frames[0, :14].min(-1)
+  half = strip.shape[1] // 2
+  assert (strip[:, :half] < 128).any() and (strip[:, half:] < 128).any()  # dark text over each panel
+  assert (frames[0, 14:, : 16 * 3] < 10).all()  # the video itself is untouched

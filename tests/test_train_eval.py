@@ -83,6 +83,7 @@ def test_train_resume_is_bit_exact_and_evaluate_writes_results(tmp_path, dataset
   assert r.returncode == 0, r.stderr[-3000:]
   summary = json.load(open(a / "eval" / "all_steps" / "metrics.json"))
   assert summary["steps"] == [10, 20] and len(summary["metrics"]["psnr"]) == 2
+  assert summary["constant"]["num_clips"] == 8 and not (a / "eval" / "all_steps" / "num_clips.png").exists()
   assert (a / "eval" / "all_steps" / "psnr.png").stat().st_size > 1000 and (a / "eval" / "10" / "metrics.json").exists()
   assert (a / "eval" / "20" / "psnr_per_frame.png").read_bytes()[:4] == b"\x89PNG"
   assert "psnr" in r.stdout

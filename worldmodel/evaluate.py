@@ -233,6 +233,10 @@ def evaluate_all_steps(workdir: str, **kwargs) -> dict:
   os.makedirs(out_dir, exist_ok=True)
   keys = [k for k, v in rows[-1].items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"]
   series = {k: [r.get(k, float("nan")) for r in rows] for k in keys}
+  # Numbers that are the same at every step (clip count, codebook size, nominal bits per pixel) are metadata: kept in
+  # metrics.json, not drawn as flat lines.
+  constant = {k: v[0] for k, v in series.items() if len(steps) > 1 and len(set(v)) == 1}
+  series = {k: v for k, v in series.items() if k not in constant}
   plots = {
     k: media.plot_curves(
       os.path.join(out_dir, k.replace("/", "_") + ".png"),
@@ -244,7 +248,7 @@ def evaluate_all_steps(workdir: str, **kwargs) -> dict:
     )
     for k, v in series.items()
   }
-  result = {"steps": steps, "metrics": series, "plots": plots}
+  result = {"steps": steps, "metrics": series, "constant": constant, "plots": plots}
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
     json.dump(result, f, indent=2)
   print(f"wrote {os.path.join(out_dir, 'metrics.json')} and {len(plots)} plots")

@@ -282,6 +282,7 @@ def run(
   first = planned[0]
   goal = np.broadcast_to(first["goal_HWC"], first["frames_THWC"].shape)
   video = np.stack([media.side_by_side([f[None], g[None]])[0] for f, g in zip(first["frames_THWC"], goal)])
+  video = media.caption(video, ["observed", "goal"])
   result["media"] = {
     "episode_mp4": media.write_mp4(os.path.join(out_dir, "episode0_obs_vs_goal.mp4"), video, fps=10, scale=3),
     "distance_png": media.plot_curves(

@@ -101,7 +101,8 @@ def _write_gif(path: str, videos: list[np.ndarray]) -> str:
   from worldmodel import media
 
   t = min(len(v) for v in videos)
-  return media.write_gif(path, media.side_by_side([v[:t] for v in videos]), fps=8, scale=2)
+  video = media.side_by_side([v[:t] for v in videos])
+  return media.write_gif(path, video, fps=8, scale=2, captions=[f"episode {i}" for i in range(len(videos))])
 
 
 def main(argv):
