@@ -11,6 +11,7 @@ writes the run under WORKDIR/wandb/ for a later `wandb sync`.
 from __future__ import annotations
 
 import os
+import secrets
 
 import jax
 import ml_collections
@@ -83,7 +84,7 @@ def _wandb_run(settings: dict, config: ml_collections.ConfigDict, workdir: str):
   if os.path.exists(id_path):
     run_id = open(id_path).read().strip()
   else:
-    run_id = wandb.util.generate_id()
+    run_id = secrets.token_hex(4)  # W&B run ids: short [a-z0-9]
     with open(id_path, "w") as f:
       f.write(run_id + "\n")
   settings = {"name": os.path.basename(os.path.normpath(workdir)), **settings}
