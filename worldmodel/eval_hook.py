@@ -100,7 +100,7 @@ class EvalHook:
 
 
 def _scalars(result: dict) -> dict:
-  skip = {"step", "num_clips", "num_codes"}
+  skip = {"step", "num_clips", "num_codes", "context_frames"}  # counts and settings, not metrics
   return {
     k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in skip
   }
