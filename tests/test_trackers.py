@@ -45,9 +45,8 @@ def test_wandb_setting_forms_and_errors():
   config.log.wandb = "a/b/c"
   with pytest.raises(ConfigError, match="log.wandb"):
     trackers.wandb_settings(config)
-  config.unlock()
-  config.log.wandb = {"project": "wm", "tags": ("x",), "mode": "offline"}
+  config.log = {"wandb": {"project": "wm", "tags": ("x",), "mode": "offline"}}  # an experiment file's dict form
   assert trackers.wandb_settings(config)["tags"] == ["x"]
-  config.log.wandb = {"entity": "team", "colour": "red"}
+  config.log = {"wandb": {"entity": "team", "colour": "red"}}
   with pytest.raises(ConfigError, match="needs 'project'"):
     trackers.wandb_settings(config)
