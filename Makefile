@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine: `make quickstart` and `make test`. Both build .venv first.
-# `make test` also installs the dm_control extra (and headless GL from apt) and the LPIPS / FVD extra, so their
-# tests run, not skip.
+# `make test` also installs the dm_control extra (and headless GL from apt), the LPIPS / FVD extra and the rlds extra
+# (tensorflow-cpu, ~270 MB: TFDS writes the RLDS TFRecord test dataset with it), so their tests run, not skip.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -60,7 +60,7 @@ $(DMC_STAMP): $(STAMP)
 	if ldconfig -p | grep -q libEGL.so.1 && ldconfig -p | grep -q libEGL_mesa.so.0 \
 	    && ldconfig -p | grep -q libOSMesa.so; then echo "headless GL libraries present"; \
 	else $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DMC_APT); fi
-	$(PY) -m pip install -q -e ".[test,dmc,metrics]"
+	$(PY) -m pip install -q -e ".[test,dmc,metrics,rlds]"
 	touch $(DMC_STAMP)
 
 bench: install

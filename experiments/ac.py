@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     name="ac",
     encoder_source="",
     encoder_key="",
+    encoder_heads=0,  # a V-JEPA file's attention heads when its width has no published count (0: published)
     encoder_model={},
     frames=8,
     size=0,

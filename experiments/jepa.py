@@ -86,6 +86,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.update(ema_start=0.998, ema_end=1.0)  # EMA momentum of the target encoder (objectives/jepa.py)
   # Probes: fit on probe_train_split (probe_clips clips at most), scored on the evaluated split.
   c.eval.update(probes=True, probe_train_split="train", probe_clips=256, probe_steps=1500)
+  # train_probes: in-training evaluation (eval.every_steps) also fits the state probes (slow).
+  c.eval.update(train_probes=False)
 
   if variant == "tiny":
     c.total_steps = 20

@@ -117,6 +117,6 @@ def test_unknown_task_lists_tasks():
   with pytest.raises(ValueError, match="cartpole-swingup.*walker-walk"):
     dmc.parse_task("walker-fly")
   proc = run_cli("worldmodel.data.generate", "--source=dmc:nope", "--out=/tmp/unused-dmc-out")
-  assert proc.returncode == 1
+  assert proc.returncode == 2
   err_lines = proc.stderr.strip().splitlines()
   assert err_lines[-1].startswith("error:") and "reacher-easy" in err_lines[-1]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import REPO, cli_env, local_launch_cmd, losses
 
+from worldmodel import eval_hook
 from worldmodel.checkpoint import read_numpy
 
 
@@ -26,6 +27,8 @@ def _launch(num_processes, devices, workdir, data, steps=4):
     "--config.log_every_steps=1",
     "--config.mesh.fsdp=2",
     "--config.checkpoint.every_steps=2",
+    "--config.eval.every_steps=2",  # in-training evaluation: every process runs the same jitted calls
+    "--config.eval.train_max_clips=8",
   )
   return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=cli_env())
 
@@ -41,6 +44,9 @@ def test_two_processes_match_one_process(tmp_path, dataset):
   assert sorted(a) == sorted(b) == [1, 2, 3, 4]
   for step in a:
     assert abs(a[step] - b[step]) <= 1e-5, (step, a[step], b[step])
+  ev_two, ev_one = eval_hook.read_rows(str(tmp_path / "two")), eval_hook.read_rows(str(tmp_path / "one"))
+  assert [r["step"] for r in ev_two] == [r["step"] for r in ev_one] == [2, 4]
+  assert abs(ev_two[-1]["psnr"] - ev_one[-1]["psnr"]) <= 1e-3 and "eval val step 4:" in two.stdout
 
   # The 2-process checkpoint continues on 1 process x 4 devices as it does on 2 x 2 (restore onto the new mesh's
   # shardings; the data order is a function of the step, not the topology). Cross-process all-reduces (gloo) sum in

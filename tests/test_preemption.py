@@ -146,3 +146,41 @@ def test_kill_9_then_the_same_command_resumes_bit_identically(tmp_path, dataset)
   assert [p for p, _ in la] == [p for p, _ in lb] and len(la) > 20  # same leaves, before comparing them pairwise
   for (path, x), (_, y) in zip(la, lb):
     np.testing.assert_array_equal(x, y, err_msg=str(path))
+
+
+@pytest.mark.slow
+def test_an_evaluation_due_at_the_preempted_step_runs_once_after_resume(tmp_path, dataset):
+  """SIGTERM saves before evaluating; the resumed run evaluates that step first, and no step is evaluated twice."""
+  from worldmodel import eval_hook
+
+  w = tmp_path / "w"
+  args = [
+    sys.executable,
+    "-m",
+    "worldmodel.train",
+    "--config=experiments/tokenizer.py:tiny",
+    f"--workdir={w}",
+    f"--config.data.dir={dataset}",
+    "--config.checkpoint.every_steps=100000",
+    "--config.log_every_steps=1",
+    "--config.eval.every_steps=1",  # every step is due, so the preempted one always is
+    "--config.eval.train_max_clips=4",
+  ]
+  proc = subprocess.Popen(
+    [*args, "--config.total_steps=100000"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
+  deadline = time.time() + 120
+  for line in proc.stdout:
+    if line.startswith("eval val step 3:") or time.time() > deadline:
+      break
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=60)
+  assert proc.returncode == 0 and "SIGTERM: saved checkpoint at step" in out, out[-2000:]
+  (saved,) = _steps(w)
+  assert [r["step"] for r in eval_hook.read_rows(str(w))] == list(range(1, saved))  # not the preempted step
+  r = subprocess.run(
+    [*args, f"--config.total_steps={saved + 1}"], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert f"eval val step {saved}:" in r.stdout
+  assert [r["step"] for r in eval_hook.read_rows(str(w))] == list(range(1, saved + 2))

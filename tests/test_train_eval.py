@@ -9,7 +9,9 @@ import jax
 import numpy as np
 import pytest
 from conftest import REPO, losses, make_dataset, run_cli
+from test_trackers import wandb_history
 
+from worldmodel import eval_hook
 from worldmodel.checkpoint import read_numpy
 
 TINY = "experiments/tokenizer.py:tiny"
@@ -33,11 +35,15 @@ def _leaves(workdir, step):
 @pytest.mark.slow
 def test_train_resume_is_bit_exact_and_evaluate_writes_results(tmp_path, dataset):
   a, b = tmp_path / "a", tmp_path / "b"
-  common = ("--config.total_steps=20", "--config.log_every_steps=1", "--config.checkpoint.every_steps=10")
+  evals = ("--config.eval.every_steps=5", "--config.eval.train_max_clips=8")  # in-training evaluation on val
+  common = ("--config.total_steps=20", "--config.log_every_steps=1", "--config.checkpoint.every_steps=10", *evals)
   r = _train(a, dataset, *common)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "step 20/20" in r.stdout and "steps/s" in r.stdout and "ETA" in r.stdout
-  r = _train(b, dataset, "--config.total_steps=10", "--config.log_every_steps=1", "--config.checkpoint.every_steps=10")
+  assert "eval val step 5:" in r.stdout
+  r = _train(
+    b, dataset, "--config.total_steps=10", "--config.log_every_steps=1", "--config.checkpoint.every_steps=10", *evals
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   r = _train(b, dataset, *common)  # the same command again resumes
   assert r.returncode == 0 and "resumed from checkpoint step 10" in r.stdout, r.stdout + r.stderr[-3000:]
@@ -47,6 +53,11 @@ def test_train_resume_is_bit_exact_and_evaluate_writes_results(tmp_path, dataset
   for k in la:
     np.testing.assert_array_equal(la[k], lb[k], err_msg=k)
   losses_a, losses_b = losses(a), losses(b)
+  # Evaluations ran at 5, 10, 15, 20 in both runs: the resumed one neither repeated 10 nor skipped one.
+  rows_a, rows_b = eval_hook.read_rows(str(a)), eval_hook.read_rows(str(b))
+  assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b] == [5, 10, 15, 20]
+  assert rows_a[-1]["psnr"] == rows_b[-1]["psnr"]  # bit-exact resume: the same numbers
+  assert json.load(open(a / "eval" / "train_val" / "20" / "metrics.json"))["num_clips"] == 8
   assert [losses_a[s] for s in range(11, 21)] == [losses_b[s] for s in range(11, 21)]
   assert losses_a[20] < losses_a[1]  # it learns
 
@@ -67,6 +78,7 @@ def test_train_resume_is_bit_exact_and_evaluate_writes_results(tmp_path, dataset
   assert r.returncode == 0, r.stderr[-3000:]
   summary = json.load(open(a / "eval" / "all_steps" / "metrics.json"))
   assert summary["steps"] == [10, 20] and len(summary["metrics"]["psnr"]) == 2
+  assert summary["constant"]["num_clips"] == 8 and not (a / "eval" / "all_steps" / "num_clips.png").exists()
   assert (a / "eval" / "all_steps" / "psnr.png").stat().st_size > 1000 and (a / "eval" / "10" / "metrics.json").exists()
   assert (a / "eval" / "20" / "psnr_per_frame.png").read_bytes()[:4] == b"\x89PNG"
   assert "psnr" in r.stdout
@@ -83,11 +95,15 @@ def test_vq_tokenizer_trains_on_a_data_parallel_mesh(tmp_path, dataset):
     "--config.log_every_steps=3",
     "--cpu_devices=4",
     "--config.mesh.fsdp=2",
+    "--config.log.wandb=wm-test",  # Weights & Biases, offline: the rows land in WORKDIR/wandb/
+    env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"},
   )
   assert r.returncode == 0, r.stderr[-3000:]
   assert "data=2 × fsdp=2 × tensor=1 (4 devices" in r.stdout
   rows = [json.loads(l) for l in open(tmp_path / "w" / "metrics.jsonl")]
   assert "vq/commit_loss" in rows[-1] and np.isfinite(rows[-1]["loss"])
+  logged = wandb_history(tmp_path / "w")
+  assert [r["_step"] for r in logged] == [3, 6] and logged[-1]["loss"] == pytest.approx(rows[-1]["loss"])
 
 
 def test_bad_configs_fail_fast_naming_the_cause(tmp_path, dataset):
@@ -138,3 +154,18 @@ def test_cli_modules_import_side_by_side():
   )
   r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_eval_hook_runs_an_evaluation_a_preempted_save_did_not_cover():
+  from conftest import experiment_config
+
+  config = experiment_config("tokenizer", "tiny")
+  config.eval.every_steps, config.total_steps = 5, 23
+  hook = eval_hook.EvalHook(config, "/nonexistent")
+  assert [s for s in range(24) if hook.due(s)] == [5, 10, 15, 20, 23]
+  assert hook.resumed(10, {"eval_step": 5})  # saved on SIGTERM before evaluating step 10
+  assert not hook.resumed(10, {"eval_step": 10}) and not hook.resumed(12, {"eval_step": 10})
+  assert hook.resumed(10, {}) and hook.done_step == -1  # a checkpoint from before in-training evaluation
+  config.eval.every_steps = -1
+  with pytest.raises(ValueError, match="eval.every_steps"):
+    eval_hook.EvalHook(config, "/nonexistent")

@@ -27,12 +27,15 @@ FRAMES, SIZE, TUBELET = 6, 16, (2, 4, 4)
 GRID = (3, 4, 4)
 VERSIONS = {
   "vjepa": dict(width=100, heads=4, rope=False),  # sin-cos parts of 34: the table is cut from 102 to 100
+  # the vjepa2 code's default table (uniform_power=False): time 48 channels, h and w 24 each
+  "vjepa_nonuniform": dict(width=96, heads=4, rope=False, uniform=False),
   "vjepa2": dict(width=96, heads=3, rope=True),
-}  # head_dim 32: RoPE 10+10+10 and an unrotated tail of 2
+}  # vjepa2: head_dim 32: RoPE 10+10+10 and an unrotated tail of 2
+POS = {"vjepa": "sincos", "vjepa_nonuniform": "sincos_nonuniform", "vjepa2": "rope"}
 
 
-def sincos_reference(dim: int, grid_depth: int, grid_size: int) -> np.ndarray:
-  """jepa's get_3d_sincos_pos_embed(uniform_power=True), meshgrid order included."""
+def sincos_reference(dim: int, grid_depth: int, grid_size: int, uniform_power: bool = True) -> np.ndarray:
+  """jepa / vjepa2's get_3d_sincos_pos_embed (either uniform_power), meshgrid order included."""
 
   def one_d(d, pos):
     omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=float) / (d / 2.0))
@@ -42,8 +45,8 @@ def sincos_reference(dim: int, grid_depth: int, grid_size: int) -> np.ndarray:
   grid_h, grid_d, grid_w = np.meshgrid(
     np.arange(grid_size, dtype=float), np.arange(grid_depth, dtype=float), np.arange(grid_size, dtype=float)
   )
-  part = int(np.ceil(dim / 6) * 2)
-  return np.concatenate([one_d(part, grid_d), one_d(part, grid_h), one_d(part, grid_w)], axis=1)[:, :dim]
+  d_dim, h_dim, w_dim = [int(np.ceil(dim / 6) * 2)] * 3 if uniform_power else [dim // 2, dim // 4, dim // 4]
+  return np.concatenate([one_d(d_dim, grid_d), one_d(h_dim, grid_h), one_d(w_dim, grid_w)], axis=1)[:, :dim]
 
 
 def rotate_queries_or_keys(x, pos):
@@ -96,13 +99,13 @@ class Block(nn.Module):
 class Encoder(nn.Module):
   """V-JEPA's VisionTransformer: PatchEmbed3D, sin-cos pos_embed (V-JEPA) or RoPE (V-JEPA 2), pre-LN blocks, norm."""
 
-  def __init__(self, width, heads, rope, depth=2):
+  def __init__(self, width, heads, rope, depth=2, uniform_power=True):
     super().__init__()
     self.rope, self.grid = rope, GRID
     self.patch_embed = nn.Module()
     self.patch_embed.proj = nn.Conv3d(3, width, kernel_size=TUBELET, stride=TUBELET)
     if not rope:
-      table = sincos_reference(width, self.grid[0], self.grid[1])
+      table = sincos_reference(width, self.grid[0], self.grid[1], uniform_power)
       self.pos_embed = nn.Parameter(torch.from_numpy(table).float()[None], requires_grad=False)
     self.blocks = nn.ModuleList([Block(width, heads, rope) for _ in range(depth)])
     self.norm = nn.LayerNorm(width, eps=1e-6)
@@ -119,7 +122,8 @@ class Encoder(nn.Module):
 
 def random_encoder(version: str, seed: int = 0) -> Encoder:
   torch.manual_seed(seed)
-  model = Encoder(VERSIONS[version]["width"], VERSIONS[version]["heads"], VERSIONS[version]["rope"])
+  v = VERSIONS[version]
+  model = Encoder(v["width"], v["heads"], v["rope"], uniform_power=v.get("uniform", True))
   with torch.no_grad():  # not the default init: LayerNorms and biases random too, so a swapped tensor shows
     for name, p in model.named_parameters():
       if name == "pos_embed":
@@ -162,11 +166,17 @@ def test_imported_encoder_matches_pytorch_reference(tmp_path, version):
   path = save_training_checkpoint(ref, str(tmp_path / "latest.pth.tar"), version)
   sd = vjepa.select_encoder(vjepa.read_torch_state(path))
   info = vjepa.infer_config(sd, heads=VERSIONS[version]["heads"])
-  assert info["version"] == version and info["tubelet"] == TUBELET and (info["depth"], info["mlp_ratio"]) == (2, 4.0)
+  assert (
+    info["version"] == version.split("_")[0]
+    and info["tubelet"] == TUBELET
+    and (info["depth"], info["mlp_ratio"]) == (2, 4.0)
+  )
   with pytest.raises(ckpt_lib.CheckpointError, match="no published head count .* pass heads="):
     vjepa.infer_config(sd)  # widths 100 / 96 have no published head count
   model, m = vjepa.load_vjepa_encoder(path, frames=FRAMES, size=SIZE, heads=VERSIONS[version]["heads"])
-  assert m.pos == ("rope" if VERSIONS[version]["rope"] else "sincos")
+  assert m.pos == POS[version]
+  m2 = encoders.read_encoder_config(path, heads=VERSIONS[version]["heads"])  # what init.heads / encoder_heads pass
+  assert m2.encoder.heads == VERSIONS[version]["heads"] and m2.pos == POS[version]
   video, ids = clip()
   want = reference_features(ref, video, ids)
   got = np.asarray(model(video, ids))

@@ -52,6 +52,9 @@ class Checkpointer:
     candidates = [step] if step is not None else list(reversed(self.steps()))
     if not candidates:
       raise CheckpointError(f"no checkpoint in {self.directory}")
+    if step is not None and step not in self.steps():
+      have = ", ".join(map(str, self.steps())) or "none"
+      raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; available steps: {have}")
     errors = []
     for s in candidates:
       try:

@@ -43,8 +43,16 @@ def die(msg: str, code: int = 2):
 
 def flags_parser(argv: Sequence[str]) -> list[str]:
   """absl flags parser for app.run that turns config override mistakes into one clear line instead of a traceback."""
+  _config_help(argv)
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    quiet_logs()
+    _check_config_loaded()
+    return rest
+  except SystemExit:  # absl exits 1 after printing --help; asking for help is not an error
+    if any(a.split("=")[0] in ("--help", "-h", "-?", "--helpfull", "--helpshort") for a in argv[1:]):
+      sys.exit(0)
+    raise
   except flags.Error as e:
     die(_explain(str(e)))
   except AttributeError as e:  # config_flags raises this for --config.unknown_key=...
@@ -53,6 +61,83 @@ def flags_parser(argv: Sequence[str]) -> list[str]:
     die(f"unknown config key {key!r} (from {bad[0] if bad else argv}); see the config file for valid keys")
   except Exception as e:  # noqa: BLE001 - e.g. a config file's get_config raising for an unknown variant
     die(f"could not load the config: {type(e).__name__}: {e}")
+
+
+def _config_help(argv: Sequence[str]) -> None:
+  """--config=FILE:help prints the experiment file's docstring (its variants) and exits 0."""
+  for arg in argv:
+    if arg.startswith("--config=") and arg.endswith(":help"):
+      print_variants(arg[len("--config=") : -len(":help")])
+      sys.exit(0)
+
+
+def print_variants(path: str) -> None:
+  import ast
+
+  if not os.path.exists(path):
+    die(f"--config: no such file {path}")
+  doc = ast.get_docstring(ast.parse(open(path).read())) or f"{path} has no docstring"
+  print(doc)
+
+
+def _check_config_loaded() -> None:
+  """config_flags keeps a load failure (missing file, syntax error) in a stand-in value that fails later with an
+  unrelated message: report it here, naming the file."""
+  for name in ("config",):
+    if name in flags.FLAGS and type(flags.FLAGS[name].value).__name__ == "_ErrorConfig":
+      error = flags.FLAGS[name].value._error
+      path = str(flags.FLAGS[name].config_filename if hasattr(flags.FLAGS[name], "config_filename") else "")
+      cause = str(error).splitlines()[-1].strip() if str(error) else type(error).__name__
+      if "No such file" in cause:
+        found = (
+          sorted(f for f in os.listdir("experiments") if f.endswith(".py")) if os.path.isdir("experiments") else []
+        )
+        hint = f" (experiments/: {', '.join(found)})" if found else ""
+        die(f"--config: no such file {path.split(':')[0] or cause}{hint}")
+      die(f"--config: could not load {path}: {cause}")
+
+
+_DTYPES = {
+  "float32": ("float32", "f32", "fp32", "float"),
+  "bfloat16": ("bfloat16", "bf16"),
+  "float16": ("float16", "f16", "fp16", "half"),
+}
+
+
+def canonical_dtype(key: str, value: Any) -> str:
+  """'bf16' → 'bfloat16' etc.; anything else is a ConfigError naming the key and the accepted spellings."""
+  for name, aliases in _DTYPES.items():
+    if isinstance(value, str) and value.lower() in aliases:
+      return name
+  accepted = "; ".join(f"{n} ({', '.join(a[1:])})" for n, a in _DTYPES.items())
+  raise ConfigError(f"config key {key!r} must be a float dtype: {accepted}; got {value!r}")
+
+
+def normalize_dtypes(node: Any, prefix: str = "model") -> None:
+  """Every `dtype` key under `model` (encoder_model included) in its canonical spelling."""
+  if not isinstance(node, ml_collections.ConfigDict):
+    return
+  for key in list(node.keys()):
+    if key == "dtype":
+      node[key] = canonical_dtype(f"{prefix}.dtype", node[key])
+    else:
+      normalize_dtypes(node[key], f"{prefix}.{key}")
+
+
+def quiet_logs() -> None:
+  """Keep absl / Orbax / TFDS INFO lines off the console (they flood `plan` between its episode lines); warnings and
+  errors still show. --verbosity=0 (or -v 0) on the command line brings INFO back."""
+  import logging
+
+  from absl import logging as absl_logging
+
+  if not flags.FLAGS["verbosity"].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("absl").addFilter(_drop_known_noise)
+
+
+def _drop_known_noise(record) -> bool:
+  return "OpenCV is not installed" not in record.getMessage()  # TFDS decodes PNG / JPEG with PIL instead: fine
 
 
 def _explain(msg: str) -> str:
@@ -85,6 +170,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = get(config, key)
     if not isinstance(value, int) or (value <= 0 and value != -1):
       raise ConfigError(f"config key {key!r} must be a positive integer or -1 (fill), got {value!r}")
+  normalize_dtypes(config.get("model"))
   if not config.data.dir:
     raise ConfigError(
       "config key 'data.dir' is empty: pass --config.data.dir=PATH (make a dataset with "
@@ -145,9 +231,10 @@ def _merge(defaults: dict, values: dict) -> dict:
 # Keys an older config.json may lack, with the behaviour the code had without them (merged once on load).
 DEFAULTS = {
   "data": {"resize": 0, "weights": (), "features": {}},
-  "init": {"source": "", "key": ""},
+  "init": {"source": "", "key": "", "heads": 0},
   "optim": {"schedule": "cosine", "decay_frac": 0.2, "weight_decay_end": None, "layer_decay": 1.0},
-  "eval": {"perceptual": "", "probes": True},
+  "eval": {"perceptual": "", "probes": True, "every_steps": 0, "train_split": "val", "train_max_clips": 64},
+  "log": {"wandb": ""},
 }
 
 
@@ -194,11 +281,25 @@ def base_config(objective: str, *, num_frames: int, total_steps: int, batch_size
   )
   # Warm start: a worldmodel workdir or a V-JEPA .pt / .safetensors encoder (init_from.py); `key` picks
   # 'target_encoder' (default) or 'encoder' from a V-JEPA training checkpoint.
-  c.init = dict(source="", key="")
+  # init.heads: a V-JEPA file's attention heads when its width has no published count (0: the published one).
+  c.init = dict(source="", key="", heads=0)
+  # log.wandb: a Weights & Biases project ("PROJECT" or "ENTITY/PROJECT"; worldmodel/trackers.py); "": off.
+  c.log = dict(wandb="")
   c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
   c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn=dict(data=1, fsdp=1, tensor=1))  # dcn: cross-slice sizes
   # perceptual: tokenizer runs, 'lpips' and / or 'fvd' at evaluation (the [metrics] extra).
-  c.eval = dict(split="test", batch_size=16, max_clips=0, num_media=4, perceptual="")
+  # every_steps > 0: evaluation during training (worldmodel/eval_hook.py) on train_split, at most train_max_clips
+  # clips (0: all), every that many steps and at the last.
+  c.eval = dict(
+    split="test",
+    batch_size=16,
+    max_clips=0,
+    num_media=4,
+    perceptual="",
+    every_steps=0,
+    train_split="val",
+    train_max_clips=64,
+  )
   return c
 
 

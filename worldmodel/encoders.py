@@ -98,7 +98,7 @@ def _export_config(path: str) -> ml_collections.ConfigDict:
 
 
 def read_encoder(
-  path: str, *, frames: int | None = None, size: int | None = None, key: str | None = None
+  path: str, *, frames: int | None = None, size: int | None = None, key: str | None = None, heads: int | None = None
 ) -> tuple[dict, ml_collections.ConfigDict]:
   """(encoder weights as a pure dict, model config) from a workdir, an encoder export or a V-JEPA checkpoint file:
   what `load_encoder` builds from, and what fine-tuning and AC runs start from. `key`: a V-JEPA file's entry."""
@@ -109,11 +109,11 @@ def read_encoder(
   if kind == "workdir":
     _, weights, model = _workdir_encoder(path)
     return weights, _encoder_config(model, frames, size)
-  return vjepa.read_vjepa_encoder(path, frames=frames, size=size, key=key)
+  return vjepa.read_vjepa_encoder(path, frames=frames, size=size, key=key, heads=heads)
 
 
 def read_encoder_config(
-  path: str, *, frames: int | None = None, size: int | None = None, key: str | None = None
+  path: str, *, frames: int | None = None, size: int | None = None, key: str | None = None, heads: int | None = None
 ) -> ml_collections.ConfigDict:
   """The model config `read_encoder` would return, without reading the weights for a workdir or an export (a
   config step should not load gigabytes twice). A V-JEPA file's shapes are in its tensors, so it is read whole."""
@@ -122,15 +122,18 @@ def read_encoder_config(
     return _encoder_config(_export_config(path), frames, size)
   if kind == "workdir":
     return _encoder_config(_workdir_encoder_config(path), frames, size)
-  return vjepa.read_vjepa_encoder(path, frames=frames, size=size, key=key)[1]
+  return vjepa.read_vjepa_encoder(path, frames=frames, size=size, key=key, heads=heads)[1]
 
 
-def load_encoder(path: str, *, frames: int | None = None, size: int | None = None, key: str | None = None):
+def load_encoder(
+  path: str, *, frames: int | None = None, size: int | None = None, key: str | None = None, heads: int | None = None
+):
   """(encoder module, model config) from a workdir, an encoder export or a V-JEPA checkpoint file.
 
   frames / size: the clip shape to encode (positions are regenerated for it); default: what it was trained on.
+  heads: a V-JEPA file's attention heads, for widths without a published count.
   """
-  weights, m = read_encoder(path, frames=frames, size=size, key=key)
+  weights, m = read_encoder(path, frames=frames, size=size, key=key, heads=heads)
   return vit.build(m, weights), m
 
 

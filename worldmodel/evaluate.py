@@ -54,6 +54,7 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
     "AC runs: observed frames each latent rollout starts from; default: the run's model.context_frames.",
   )
   flags.mark_flag_as_required("workdir")
+  flags.adopt_module_key_flags(distributed)  # --help lists the multi-host flags too
 
 
 def evaluate(
@@ -90,6 +91,45 @@ def evaluate(
   step, state, _ = ckpt.restore(rt.abstract_state, step)
   ckpt.close()
 
+  out_dir = out_dir or os.path.join(workdir, "eval", str(step))
+  result = evaluate_state(
+    rt,
+    state,
+    config,
+    step,
+    split=split,
+    batch_size=batch_size,
+    max_clips=max_clips,
+    out_dir=out_dir,
+    probes=probes,
+    perceptual=perceptual,
+  )
+  if jax.process_index() == 0:
+    _tensorboard(workdir, split, step, result)
+    _print_table(result, out_dir)
+  return result
+
+
+def evaluate_state(
+  rt,
+  state,
+  config,
+  step: int,
+  *,
+  split: str,
+  out_dir: str,
+  batch_size: int | None = None,
+  max_clips: int | None = None,
+  probes: bool = True,
+  perceptual: str = "",
+  progress: bool = True,
+) -> dict:
+  """The objective's evaluator over `split` for a train state already on the mesh: what the CLI runs after its
+  restore, and what training runs every eval.every_steps (worldmodel/eval_hook.py). Every process calls it (the
+  same jitted calls in the same order); process 0 gets the result and writes OUT_DIR/metrics.json + media."""
+  from worldmodel import runtime as runtime_lib
+  from worldmodel.data import pipeline
+
   bs = batch_size or config.eval.batch_size
   bs = -(-bs // rt.mesh.size) * rt.mesh.size  # whole batches per device
   limit = max_clips if max_clips is not None else (config.eval.max_clips or None)
@@ -99,25 +139,20 @@ def evaluate(
   evaluator = rt.objective.Evaluator(rt.model(state), config, num_media=config.eval.num_media)
   lead = jax.process_index() == 0
   t0, n_batches = time.time(), -(-num_clips // bs)
-  tty = sys.stdout.isatty()  # a live progress line on terminals, a few plain lines in logs
+  tty = progress and sys.stdout.isatty()  # a live progress line on terminals, a few plain lines in logs
   for i, batch in enumerate(batches):
     out = rt.eval_step(state, pipeline.to_global(_local_slice(batch), rt.mesh))
     evaluator.update(batch, _gather(out))
-    if lead and (tty or (i + 1) % max(1, n_batches // 10) == 0 or i + 1 == n_batches):
+    if progress and lead and (tty or (i + 1) % max(1, n_batches // 10) == 0 or i + 1 == n_batches):
       line = f"eval {split}: batch {i + 1}/{n_batches} ({time.time() - t0:.0f}s)"
       print("\r" + line if tty else line, end="" if tty else "\n", flush=True)
   if lead and tty:
     print(flush=True)
-
-  out_dir = out_dir or os.path.join(workdir, "eval", str(step))
-  result = (
-    {"step": step, "split": split, "data": config.data.dir, **evaluator.finish(out_dir, num_clips)} if lead else {}
-  )
-  if lead:
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-      json.dump(result, f, indent=2)
-    _tensorboard(workdir, split, step, result)
-    _print_table(result, out_dir)
+  if not lead:
+    return {}
+  result = {"step": step, "split": split, "data": config.data.dir, **evaluator.finish(out_dir, num_clips)}
+  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+    json.dump(result, f, indent=2)
   return result
 
 
@@ -180,6 +215,10 @@ def evaluate_all_steps(workdir: str, **kwargs) -> dict:
   os.makedirs(out_dir, exist_ok=True)
   keys = [k for k, v in rows[-1].items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"]
   series = {k: [r.get(k, float("nan")) for r in rows] for k in keys}
+  # Numbers that are the same at every step (clip count, codebook size, nominal bits per pixel) are metadata: kept in
+  # metrics.json, not drawn as flat lines.
+  constant = {k: v[0] for k, v in series.items() if len(steps) > 1 and len(set(v)) == 1}
+  series = {k: v for k, v in series.items() if k not in constant}
   plots = {
     k: media.plot_curves(
       os.path.join(out_dir, k.replace("/", "_") + ".png"),
@@ -191,7 +230,7 @@ def evaluate_all_steps(workdir: str, **kwargs) -> dict:
     )
     for k, v in series.items()
   }
-  result = {"steps": steps, "metrics": series, "plots": plots}
+  result = {"steps": steps, "metrics": series, "constant": constant, "plots": plots}
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
     json.dump(result, f, indent=2)
   print(f"wrote {os.path.join(out_dir, 'metrics.json')} and {len(plots)} plots")
@@ -223,3 +262,7 @@ def main(argv):
 
 if __name__ == "__main__":
   app.run(main, flags_parser=config_lib.flags_parser)
+else:  # worldmodel.evaluate(...) is the Python API's evaluate (worldmodel/api.py)
+  from worldmodel import api
+
+  api.callable_module(__name__, api.evaluate)

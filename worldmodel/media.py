@@ -58,15 +58,34 @@ def side_by_side(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
   return np.concatenate(panels, axis=2)
 
 
-def write_gif(path, frames_THWC: np.ndarray, fps: int = 8, scale: int = 1) -> str:
+def write_gif(path, frames_THWC: np.ndarray, fps: int = 8, scale: int = 1, captions: list[str] | None = None) -> str:
   """Looping GIF via imageio/Pillow. Note Pillow merges identical consecutive frames
-  (summing their durations), so a static stretch reads back as fewer frames."""
+  (summing their durations), so a static stretch reads back as fewer frames. `captions`: one label per equally wide
+  panel (side_by_side's columns), written in a strip above them."""
   import imageio.v3 as iio
 
   frames_THWC = _upscale(_check_video(frames_THWC), scale)
+  if captions:
+    frames_THWC = caption(frames_THWC, captions)
   path = _prepare_path(path)
   iio.imwrite(path, frames_THWC, extension=".gif", duration=1000.0 / fps, loop=0)
   return path
+
+
+def caption(frames_THWC: np.ndarray, labels: list[str], height: int = 14) -> np.ndarray:
+  """A white strip on top with each label centred over its panel (the width split into len(labels) equal panels)."""
+  from PIL import Image, ImageDraw
+
+  T, _, W, _ = frames_THWC.shape
+  strip = Image.new("RGB", (W, height), (255, 255, 255))
+  draw = ImageDraw.Draw(strip)
+  panel = W / len(labels)
+  for i, label in enumerate(labels):
+    while label and draw.textlength(label) > panel - 2:  # too long for a small panel: cut, not overlap
+      label = label[:-1]
+    draw.text((i * panel + (panel - draw.textlength(label)) / 2, 1), label, fill=(0, 0, 0))
+  strip_THWC = np.broadcast_to(np.asarray(strip, np.uint8)[None], (T, height, W, 3))
+  return np.concatenate([strip_THWC, frames_THWC], axis=1)
 
 
 def _pick_codec(av) -> str:
@@ -113,10 +132,16 @@ def plot_curves(path, curves: dict[str, np.ndarray], xlabel: str, ylabel: str, t
   fig = Figure(figsize=(6, 4), dpi=100)
   FigureCanvasAgg(fig)
   ax = fig.add_subplot(1, 1, 1)
+  integer_x = True
   for name, y in curves.items():
     y = np.asarray(y, dtype=np.float64).reshape(-1)
     xs = np.arange(len(y)) if x is None else np.asarray(x).reshape(-1)[: len(y)]
     ax.plot(xs, y, label=name, marker="o" if len(y) < 30 else None, markersize=3)
+    integer_x = integer_x and np.allclose(xs, np.round(xs))
+  if integer_x:  # frame indices and steps: no 0.5 ticks
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.set_title(title)

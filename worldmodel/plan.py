@@ -35,7 +35,8 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
   _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of an action-conditioned run (experiments/ac.py).")
   _ENV = flags.DEFINE_string("env", "dmc:reacher-easy", "Environment: dmc:DOMAIN-TASK with a goal definition.")
   _EPISODES = flags.DEFINE_integer("episodes", 10, "Episodes to plan (and to run with random actions).")
-  _STEPS = flags.DEFINE_integer("steps", 60, "Environment steps per episode.")
+  _STEPS = flags.DEFINE_integer("env_steps", 60, "Environment steps per episode (--step picks the checkpoint).")
+  _OLD_STEPS = flags.DEFINE_integer("steps", None, "Renamed --env_steps (kept to say so).")
   _HORIZON = flags.DEFINE_integer("horizon", 4, "Planning horizon (predicted frames).")
   _CONTEXT = flags.DEFINE_integer(
     "context",
@@ -183,10 +184,14 @@ def run(
 ) -> dict:
   from worldmodel import media, planning
   from worldmodel.data import pipeline, records
-  from worldmodel.envs import dmc_goal
 
   if not env_name.startswith("dmc:"):
     raise ValueError(f"--env={env_name!r}: only dmc:DOMAIN-TASK environments can be planned in")
+  from worldmodel.data.sources import dmc
+
+  dmc.require_installed()
+  from worldmodel.envs import dmc_goal
+
   step, config, model = load_world_model(workdir, step)
   meta = records.read_meta(pipeline.data_dirs(config.data)[0], pipeline.feature_map(config.data))
   # The env must show what the model was trained on: same frame size, camera and action repeat as the data.
@@ -260,6 +265,7 @@ def run(
   first = planned[0]
   goal = np.broadcast_to(first["goal_HWC"], first["frames_THWC"].shape)
   video = np.stack([media.side_by_side([f[None], g[None]])[0] for f, g in zip(first["frames_THWC"], goal)])
+  video = media.caption(video, ["observed", "goal"])
   result["media"] = {
     "episode_mp4": media.write_mp4(os.path.join(out_dir, "episode0_obs_vs_goal.mp4"), video, fps=10, scale=3),
     "distance_png": media.plot_curves(
@@ -281,7 +287,12 @@ def run(
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    config_lib.die(f"unexpected arguments {argv[1:]}")
+  if _OLD_STEPS.value is not None:
+    config_lib.die(
+      f"--steps={_OLD_STEPS.value}: renamed --env_steps (environment steps per episode); --step=N picks the checkpoint"
+    )
   from worldmodel.checkpoint import CheckpointError
   from worldmodel.data.records import DatasetError
 
@@ -308,4 +319,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_lib.flags_parser)

@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 
 from worldmodel import checkpoint as ckpt_lib
 from worldmodel import config as config_lib
-from worldmodel import metrics, objectives
+from worldmodel import eval_hook, metrics, objectives, trackers
 from worldmodel import runtime as runtime_lib
 from worldmodel.data import pipeline, records
 from worldmodel.parallel import mesh as mesh_lib
@@ -44,6 +44,8 @@ def preflight(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, li
   if config.batch_size % jax.process_count():
     raise TrainError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
   _check_workdir(config, workdir)
+  eval_hook.EvalHook(config, workdir).check()
+  trackers.check(config)
   return meta, sources
 
 
@@ -162,7 +164,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ckpt = ckpt_lib.Checkpointer(
     os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
   )
-  state, start = _restore_or_init(rt, ckpt)
+  state, start, data_state = _restore_or_init(rt, ckpt)
+  evals = eval_hook.EvalHook(config, workdir)
   if lead:  # only once the state exists: a run that failed to initialise leaves no config behind
     config_lib.save_json(config, workdir)
   if start >= config.total_steps:
@@ -181,7 +184,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       sources=sources,
     )
   )
-  writer = MetricWriter(workdir, config.total_steps)
+  writer = trackers.Writers(MetricWriter(workdir, config.total_steps), config, workdir)  # + W&B when log.wandb
+  if evals.resumed(start, data_state):  # due at the restored step but not run before that save
+    evals.run(rt, state, start, writer)
   preempt = _Preemption()
   cfg_dict = config_lib.to_dict(config)
   last = {}
@@ -211,6 +216,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if warnings and lead:
           print(f"WARNING step {step}: representation may be collapsing: {'; '.join(warnings)}", flush=True)
         t_mark, steps_mark, wait_s = now, step, 0.0
+      if evals.due(step) and not stop:  # a preemption saves first; the resumed run evaluates this step
+        t_mark += evals.run(rt, state, step, writer)  # eval time is not train time (steps/s, ETA)
       if due_ckpt:
         ckpt.save(
           step,
@@ -220,6 +227,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "seed": config.seed,
             "batch_size": config.batch_size,
             "samples_seen": step * config.batch_size,
+            "eval_step": evals.done_step,
           },
           cfg_dict,
           force=True,
@@ -245,8 +253,8 @@ def _restore_or_init(rt: runtime_lib.Runtime, ckpt: ckpt_lib.Checkpointer):
     if data_state.get("next_step", step) != step:
       raise TrainError(f"checkpoint step {step} holds data position {data_state['next_step']}: inconsistent save")
     print(f"resumed from checkpoint step {step} (data position: sample {step * rt.config.batch_size})", flush=True)
-    return state, step
-  return rt.fresh_state(), 0
+    return state, step, data_state
+  return rt.fresh_state(), 0, {}
 
 
 def _next_batch(data, step: int) -> dict:

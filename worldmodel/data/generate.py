@@ -380,7 +380,7 @@ def main(argv):
     if skipped:  # e.g. "no episodes in any split" because every file was skipped
       print(_skip_summary(skipped), file=sys.stderr)
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(2)  # bad input, as every CLI
   per_split = ", ".join(f"{k} {v}" for k, v in counts.items())
   frames = f">= {cfg.frames}" if FLAGS.source.startswith("video:") else f"{cfg.frames}"
   print(
@@ -392,5 +392,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from worldmodel import config as config_lib
+
   flags.mark_flag_as_required("out")
-  app.run(main)
+  app.run(main, flags_parser=config_lib.flags_parser)

@@ -279,9 +279,14 @@ class EpisodeSource:
   def _open(self):
     from grain import sources  # grain imports are slow; keep them off module import
 
+    from worldmodel.data import tfrecord  # RLDS / TFDS datasets published as TFRecord shards
+
     self._features = tfds.features.FeatureConnector.from_config(self.data_dir)
     try:
-      self._reader = sources.ArrayRecordDataSource(self.paths)
+      if tfrecord.is_tfrecord(self.paths):
+        self._reader = tfrecord.TFRecordSource(self.paths, self.shard_lengths)
+      else:
+        self._reader = sources.ArrayRecordDataSource(self.paths)
     except Exception as e:  # a truncated / corrupt shard fails here: find and name it
       raise DatasetError(
         f"{self.data_dir}: split {self.split!r}: {self._bad_shard()} is corrupt or truncated ({e})"
@@ -343,7 +348,11 @@ def _flatten(example: Any, prefix: str = "") -> dict[str, np.ndarray]:
     for k, v in example.items():
       out.update(_flatten(v, f"{prefix}{k}/"))
     return out
-  if not isinstance(example, np.ndarray) and hasattr(example, "__len__") and hasattr(example, "__getitem__"):
+  if (
+    not isinstance(example, (np.ndarray, bytes, str))
+    and hasattr(example, "__len__")
+    and hasattr(example, "__getitem__")
+  ):
     steps = [_flatten(example[i]) for i in range(len(example))]  # tfds.features.Dataset decodes lazily
     keys = steps[0].keys() if steps else ()
     return {f"{prefix}{k}": np.stack([s[k] for s in steps]) for k in keys}

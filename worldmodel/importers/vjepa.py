@@ -140,7 +140,9 @@ def infer_config(sd: dict, heads: int | None = None) -> dict:
   if heads is None:
     heads = HEADS[version].get(width)
     if heads is None:
-      raise CheckpointError(f"no published head count for width {width}: pass heads=")
+      raise CheckpointError(
+        f"no published head count for width {width}: pass heads= (config: init.heads, model.encoder_heads)"
+      )
   hidden = sd["blocks.0.mlp.fc1.weight"].shape[0]
   ratio = hidden / width
   if int(width * ratio) != hidden:  # our MLP is int(width * mlp_ratio) wide
@@ -180,21 +182,32 @@ def model_config(
   )
 
 
-def _sincos_grid(pos_embed_ND: np.ndarray) -> tuple[int, int, int] | None:
-  """The (t, g, g) grid at which `pos_embed` is exactly our sin-cos table, or None."""
+def _sincos_kind(pos_embed_ND: np.ndarray) -> tuple[tuple[int, int, int], str] | None:
+  """((t, g, g) grid, 'sincos' or 'sincos_nonuniform') at which `pos_embed` is exactly one of our sin-cos tables."""
   n, dim = pos_embed_ND.shape
   for g in range(1, math.isqrt(n) + 1):
     if n % (g * g) == 0:
       grid = (n // (g * g), g, g)
-      if np.allclose(positions.sincos_3d(grid, dim), pos_embed_ND, atol=1e-5):
-        return grid
+      for kind, uniform in (("sincos", True), ("sincos_nonuniform", False)):
+        if not uniform and dim % 8:
+          continue
+        if np.allclose(positions.sincos_3d(grid, dim, uniform), pos_embed_ND, atol=1e-5):
+          return grid, kind
   return None
+
+
+def _sincos_grid(pos_embed_ND: np.ndarray) -> tuple[int, int, int] | None:
+  found = _sincos_kind(pos_embed_ND)
+  return found[0] if found else None
 
 
 def _check_positions(sd: dict, m: ml_collections.ConfigDict) -> None:
   table = np.asarray(sd["pos_embed"]).reshape(-1, sd["pos_embed"].shape[-1]) if _has_pos_embed(sd) else None
-  grid = _sincos_grid(table) if table is not None else None
-  if m.pos == "sincos":
+  found = _sincos_kind(table) if table is not None else None
+  grid = found[0] if found else None
+  if found and m.pos.startswith("sincos") and m.pos != found[1]:
+    raise CheckpointError(f"the checkpoint's pos_embed is the {found[1]!r} table but model.pos={m.pos!r}")
+  if m.pos.startswith("sincos"):
     if table is None:
       raise CheckpointError(
         "the checkpoint has no pos_embed (a V-JEPA 2 RoPE encoder) but model.pos='sincos'; "
@@ -203,13 +216,13 @@ def _check_positions(sd: dict, m: ml_collections.ConfigDict) -> None:
     if grid is None:
       raise CheckpointError(
         f"the checkpoint's pos_embed {sd['pos_embed'].shape} is not V-JEPA's 3-D sin-cos table "
-        "(uniform_power) at any square grid, so it cannot be regenerated; if the encoder uses "
+        "(uniform_power True or False) at any square grid, so it cannot be regenerated; if the encoder uses "
         "RoPE and this buffer is unused, set model.pos (or pos=) to 'rope'"
       )
   elif grid is not None:
     raise CheckpointError(
       f"the checkpoint adds a sin-cos pos_embed (V-JEPA, grid {grid}) but model.pos='rope'; "
-      "set model.pos (or pos=) to 'sincos'"
+      f"set model.pos (or pos=) to {found[1]!r}"
     )
 
 
@@ -307,8 +320,10 @@ def read_vjepa_encoder(
   (from pos_embed), V-JEPA 2's published 16×256². `pos` overrides the position kind inferred from the checkpoint."""
   sd = select_encoder(read_torch_state(path), key, what=path)
   info = infer_config(sd, heads)
+  found = _sincos_kind(sd["pos_embed"].reshape(-1, info["width"])) if info["version"] == "vjepa" else None
+  pos = pos or (found[1] if found else None)
   if frames is None or size is None:
-    grid = _sincos_grid(sd["pos_embed"].reshape(-1, info["width"])) if info["version"] == "vjepa" else None
+    grid = found[0] if found else None
     t, p, _ = info["tubelet"]
     frames = frames or (grid[0] * t if grid else 16)
     size = size or (grid[1] * p if grid else 256)

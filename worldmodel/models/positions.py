@@ -25,11 +25,14 @@ def _sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
   return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
 
-def sincos_3d(grid_THW: tuple[int, int, int], dim: int) -> np.ndarray:
-  """V-JEPA's fixed table ("uniform power"): t, h and w each get ceil(dim/6)·2 channels [sin | cos], cut to dim."""
-  part = int(math.ceil(dim / 6) * 2)
+def sincos_3d(grid_THW: tuple[int, int, int], dim: int, uniform_power: bool = True) -> np.ndarray:
+  """V-JEPA's fixed table [t | h | w], each part [sin | cos], cut to dim. uniform_power (the published checkpoints):
+  ceil(dim/6)·2 channels each; otherwise (the vjepa2 code's default): dim//2 for time, dim//4 each for h and w."""
+  if not uniform_power and dim % 8:
+    raise ValueError(f"the non-uniform sin-cos table needs a width divisible by 8 (even h / w parts), got {dim}")
+  parts = [int(math.ceil(dim / 6) * 2)] * 3 if uniform_power else [dim // 2, dim // 4, dim // 4]
   coords = grid_coords(grid_THW)
-  table = np.concatenate([_sincos_1d(part, coords[:, i]) for i in range(3)], axis=1)
+  table = np.concatenate([_sincos_1d(part, coords[:, i]) for i, part in enumerate(parts)], axis=1)
   return table[:, :dim].astype(np.float32)
 
 

@@ -37,19 +37,25 @@ def gather_tokens(x_BND: jax.Array, ids_BK: jax.Array) -> jax.Array:
   return jnp.take_along_axis(x_BND, ids_BK[..., None].astype(jnp.int32), axis=1)
 
 
+# sincos: V-JEPA's table with uniform_power=True (its published checkpoints); sincos_nonuniform: uniform_power=False
+# (the vjepa2 code's default: half the channels for time); rope: V-JEPA 2's rotary positions.
+POS_KINDS = ("sincos", "sincos_nonuniform", "rope")
+
+
 class PositionTable:
   """What a model adds for token ids: a sin-cos vector (added to x) or RoPE angles (handed to attention)."""
 
   def __init__(self, kind: str, grid_THW, width: int, heads: int):
-    if kind not in ("sincos", "rope"):
-      raise ValueError(f"config key 'model.pos' must be 'sincos' or 'rope', got {kind!r}")
+    if kind not in POS_KINDS:
+      raise ValueError(f"config key 'model.pos' must be one of {POS_KINDS}, got {kind!r}")
     self.kind, self.heads = kind, heads
     self.coords = positions.grid_coords(grid_THW).astype(np.int32)
-    self.table = positions.sincos_3d(grid_THW, width) if kind == "sincos" else None
+    sincos = kind.startswith("sincos")
+    self.table = positions.sincos_3d(grid_THW, width, uniform_power=kind == "sincos") if sincos else None
 
   def apply(self, x_BKD: jax.Array, ids_BK: jax.Array):
     """(x with sin-cos added, rope tables or None)."""
-    if self.kind == "sincos":
+    if self.table is not None:
       return x_BKD + jnp.asarray(self.table, x_BKD.dtype)[ids_BK], None
     head_dim = x_BKD.shape[-1] // self.heads
     return x_BKD, positions.rope_angles(jnp.asarray(self.coords)[ids_BK], head_dim)

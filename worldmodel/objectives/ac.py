@@ -31,7 +31,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> None:
       "worldmodel.train --config=experiments/jepa.py:...), an encoder export, or a V-JEPA .pt / "
       ".safetensors file; it is the frozen encoder of this model"
     )
-  enc = encoders.read_encoder_config(m.encoder_source, key=m.encoder_key or None)
+  enc = encoders.read_encoder_config(m.encoder_source, key=m.encoder_key or None, heads=m.encoder_heads or None)
   enc.frames, enc.remat = enc.tubelet[0], "none"  # every frame is encoded on its own (one tubelet)
   m.encoder_model = enc
   m.size = enc.size
@@ -85,7 +85,7 @@ def initialize(rt, state: dict) -> dict:
   """A fresh run starts from the pretrained encoder (a JEPA run's target encoder at its newest checkpoint, an
   export, or an imported V-JEPA encoder)."""
   m = rt.config.model
-  weights, _ = encoders.read_encoder(m.encoder_source, key=m.encoder_key or None)
+  weights, _ = encoders.read_encoder(m.encoder_source, key=m.encoder_key or None, heads=m.encoder_heads or None)
   weights = ckpt_lib.conform(weights, state["extra"]["encoder"], f"{m.encoder_source} encoder")
   state["extra"]["encoder"] = jax.device_put(jax.tree.map(jnp.asarray, weights), rt.state_shardings["extra"]["encoder"])
   print(f"frozen encoder: target encoder of {m.encoder_source}", flush=True)
@@ -135,7 +135,14 @@ from worldmodel.objectives.ac_eval import Evaluator  # noqa: E402
 class AC(base.Objective):
   name = "ac"
   defaults = {
-    "model": {"encoder_key": "", "loss_exp": 1.0, "context_frames": 1, "residual": False, "scan_layers": False}
+    "model": {
+      "encoder_key": "",
+      "encoder_heads": 0,
+      "loss_exp": 1.0,
+      "context_frames": 1,
+      "residual": False,
+      "scan_layers": False,
+    }
   }
   create_model, batch_spec = staticmethod(create_model), staticmethod(batch_spec)
   check_config, check_data = staticmethod(check_config), staticmethod(common.check_frames)

@@ -42,7 +42,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> None:
     )
   if m.task not in TASKS:
     raise ValueError(f"config key 'model.task' must be one of {TASKS}, got {m.task!r}")
-  enc = encoders.read_encoder_config(src, frames=m.frames, key=config.init.key or None)
+  enc = encoders.read_encoder_config(src, frames=m.frames, key=config.init.key or None, heads=config.init.heads or None)
   enc.scan_layers, enc.remat, enc.dtype = m.scan_layers, m.remat, m.dtype
   m.encoder_model = enc
   m.size = enc.size
@@ -122,7 +122,9 @@ def initialize(rt, state: dict) -> dict:
   """Fill the encoder (its trainable parts in params, its frozen parts in extra) from init.source; the head keeps
   its fresh initialisation."""
   c = rt.config
-  weights, _ = encoders.read_encoder(c.init.source, frames=c.model.frames, key=c.init.key or None)
+  weights, _ = encoders.read_encoder(
+    c.init.source, frames=c.model.frames, key=c.init.key or None, heads=c.init.heads or None
+  )
   parts = {g: traverse_util.flatten_dict(state[g].get("encoder", {})) for g in ("params", "extra")}
   like = traverse_util.unflatten_dict({**parts["params"], **parts["extra"]})
   flat = traverse_util.flatten_dict(ckpt_lib.conform(weights, like, f"init.source {c.init.source} encoder"))

@@ -112,7 +112,11 @@ class Evaluator:
     os.makedirs(out_dir, exist_ok=True)
     result["media"] = {
       "reconstructions_gif": media.write_gif(
-        os.path.join(out_dir, "truth_vs_recon.gif"), np.concatenate(self.media, axis=1), fps=6, scale=3
+        os.path.join(out_dir, "truth_vs_recon.gif"),
+        np.concatenate(self.media, axis=1),
+        fps=6,
+        scale=3,
+        captions=["truth", "reconstruction"],
       ),
       "psnr_per_frame_png": media.plot_curves(
         os.path.join(out_dir, "psnr_per_frame.png"),

@@ -51,7 +51,8 @@ def _watchdog(seconds: int, message: str) -> threading.Event:
 def start(argv) -> None:
   """Common prologue of every entry point: no stray arguments, quiet library logs, multi-process start-up."""
   if len(argv) > 1:
-    raise SystemExit(f"error: unexpected arguments {argv[1:]}")
+    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr, flush=True)
+    sys.exit(2)  # bad input: exit 2, as every CLI
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax / TFDS log every file they touch at INFO
   initialize()

@@ -53,10 +53,20 @@ class Spec:
   action_repeat: int = 1
 
 
+def require_installed() -> None:
+  """mujoco + dm_control importable, else the one-line fix (checked before any GL probe, which would blame OpenGL)."""
+  import importlib.util
+
+  missing = [m for m in ("mujoco", "dm_control") if importlib.util.find_spec(m) is None]
+  if missing:
+    raise ValueError(f"{' and '.join(missing)} not installed: run `make install-dmc` (pip install -e '.[dmc]')")
+
+
 def select_gl_backend() -> str:
   """Sets MUJOCO_GL (before dm_control is imported): keeps a user's choice, else the
   first of egl/osmesa that can create a context, probed in a subprocess because the
   OpenGL platform cannot change once PyOpenGL is imported."""
+  require_installed()
   if os.environ.get("MUJOCO_GL"):
     return os.environ["MUJOCO_GL"]
   errors = []
