@@ -21,6 +21,7 @@ import optax
 from flax import nnx
 
 from worldmodel import checkpoint
+from worldmodel.models import attention_backends
 from worldmodel.parallel import mesh as mesh_lib
 
 OBJECTIVES = {
@@ -154,6 +155,7 @@ def _split(model: nnx.Module):
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Runtime:
   objective = get_objective(config.objective)
   mesh = mesh if mesh is not None else mesh_lib.make_mesh(config.mesh)
+  attention_backends.configure(config.model.get("attention", "auto"), mesh)  # before anything is traced
   nnx.use_eager_sharding(False)  # shard once, inside the jitted init below, not variable by variable
   create = lambda: objective.create_model(config, nnx.Rngs(config.seed))  # noqa: E731 - traced twice below
   graphdef, abs_params, abs_extra = _split(nnx.eval_shape(create))
