@@ -114,6 +114,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Fine-tuning / continued pretraining: a worldmodel workdir or a V-JEPA .pt / .safetensors encoder (init_from.py);
   # `key` picks 'target_encoder' (default) or 'encoder' from a V-JEPA training checkpoint.
   c.init = dict(source="", key="")
+  c.optim.microbatches = 1  # gradient accumulation: K micro-batches per step, one update (worldmodel/accumulate.py)
+  # Attention kernel: auto (GPU: cuDNN flash, TPU: Pallas splash, CPU: our own), or force xla / cudnn / splash / cpu.
+  c.model.attention = "auto"
   c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
   c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn=dict(data=1, fsdp=1, tensor=1))  # dcn: cross-slice sizes
   # Probes: fit on probe_train_split (probe_clips clips at most), scored on the evaluated split.

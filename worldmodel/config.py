@@ -132,4 +132,5 @@ def _tuples(d: Any) -> Any:
 # Parts of the config that define the model's parameters: a workdir trained with other values cannot be resumed.
 def model_signature(config: ml_collections.ConfigDict | dict) -> dict:
   d = config if isinstance(config, dict) else to_dict(config)
-  return {"objective": d.get("objective"), "model": d.get("model")}
+  model = {k: v for k, v in (d.get("model") or {}).items() if k != "attention"}  # a kernel choice, not the model
+  return {"objective": d.get("objective"), "model": model}

@@ -20,7 +20,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from worldmodel import checkpoint
+from worldmodel import accumulate, checkpoint
 from worldmodel.models import attention_backends
 from worldmodel.parallel import mesh as mesh_lib
 
@@ -156,6 +156,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   objective = get_objective(config.objective)
   mesh = mesh if mesh is not None else mesh_lib.make_mesh(config.mesh)
   attention_backends.configure(config.model.get("attention", "auto"), mesh)  # before anything is traced
+  accumulate.check(config, mesh)
   nnx.use_eager_sharding(False)  # shard once, inside the jitted init below, not variable by variable
   create = lambda: objective.create_model(config, nnx.Rngs(config.seed))  # noqa: E731 - traced twice below
   graphdef, abs_params, abs_extra = _split(nnx.eval_shape(create))
@@ -199,14 +200,18 @@ def _train_step(rt: Runtime, state: dict, batch: dict):
   step = state["step"]
   rng = jax.random.fold_in(jax.random.key(rt.config.seed), step)  # a pure function of (seed, step): resumable
 
-  def loss_of(params):
+  def loss_of(params, extra, batch, rng):
     # copy=True: the forward pass writes non-Param state (VQ EMA) under grad's trace (flax#5050).
-    model = nnx.merge(rt.graphdef, params, state["extra"], copy=True)
+    model = nnx.merge(rt.graphdef, params, extra, copy=True)
     loss, logs = rt.objective.loss_fn(model, batch, rng=rng, train=True)
     _, _, extra = _split(model)
     return loss, (logs, nnx.to_pure_dict(extra))
 
-  (_, (logs, extra)), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+  grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+  K = accumulate.count(rt.config)  # optim.microbatches: K forward / backward passes, one update
+  (_, (logs, extra)), grads = accumulate.value_and_grad(
+    grad_fn, state["params"], state["extra"], batch, rng, K, rt.mesh
+  )
   updates, opt = rt.tx.update(grads, state["opt"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   if hasattr(rt.objective, "after_update"):  # e.g. JEPA: the EMA target follows the new encoder weights

@@ -234,4 +234,3 @@ def _log_once(text: str) -> None:
   if text not in _logged:
     _logged.add(text)
     logging.warning("attention: %s", text)
-
