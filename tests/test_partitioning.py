@@ -79,7 +79,7 @@ def test_fit_spec_keeps_axes_that_divide():
   assert mesh_lib.fit_spec(P("fsdp", "tensor"), (8, 6), mesh) == P("fsdp", "tensor")
   fake = type("M", (), {"shape": {"data": 2, "fsdp": 4, "tensor": 2}})()
   assert mesh_lib.fit_spec(P("fsdp", "tensor"), (8, 6), fake) == P("fsdp", "tensor")
-  assert mesh_lib.fit_spec(P("fsdp", "tensor"), (6, 3), fake) == P(None, None)  # small: replicates
+  assert mesh_lib.fit_spec(P("fsdp", "tensor"), (6, 3), fake) == P("tensor", None)  # tensor moves; fsdp: small
   assert mesh_lib.fit_spec(P(("data", "fsdp"), None), (16, 3), fake) == P(("data", "fsdp"), None)
 
 
