@@ -76,6 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     b2=0.999,
     grad_clip=1.0,
   )
+  c.data.device_prefetch = 2  # batches copied to the devices ahead of the step (0: synchronous copy)
   c.optim.microbatches = 1  # gradient accumulation: K micro-batches per step, one update (worldmodel/accumulate.py)
   # Attention kernel: auto (GPU: cuDNN flash, TPU: Pallas splash, CPU: our own), or force xla / cudnn / splash / cpu.
   c.model.attention = "auto"

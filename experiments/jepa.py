@@ -114,6 +114,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Fine-tuning / continued pretraining: a worldmodel workdir or a V-JEPA .pt / .safetensors encoder (init_from.py);
   # `key` picks 'target_encoder' (default) or 'encoder' from a V-JEPA training checkpoint.
   c.init = dict(source="", key="")
+  c.data.device_prefetch = 2  # batches copied to the devices ahead of the step (0: synchronous copy)
   c.optim.microbatches = 1  # gradient accumulation: K micro-batches per step, one update (worldmodel/accumulate.py)
   # Attention kernel: auto (GPU: cuDNN flash, TPU: Pallas splash, CPU: our own), or force xla / cudnn / splash / cpu.
   c.model.attention = "auto"

@@ -75,6 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = dict(
     lr=2e-3, warmup_steps=100, decay_steps=-1, final_lr_frac=0.05, weight_decay=1e-4, b1=0.9, b2=0.99, grad_clip=1.0
   )
+  c.data.device_prefetch = 2  # batches copied to the devices ahead of the step (0: synchronous copy)
   c.optim.microbatches = 1  # gradient accumulation: K micro-batches per step, one update (worldmodel/accumulate.py)
   # Attention kernel: auto (GPU: cuDNN flash, TPU: Pallas splash, CPU: our own), or force xla / cudnn / splash / cpu.
   c.model.attention = "auto"

@@ -20,7 +20,7 @@ from worldmodel import checkpoint as ckpt_lib
 from worldmodel import config as config_lib
 from worldmodel import metrics
 from worldmodel import runtime as runtime_lib
-from worldmodel.data import pipeline, records
+from worldmodel.data import pipeline, prefetch, records
 from worldmodel.parallel import mesh as mesh_lib
 
 
@@ -170,7 +170,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.close()
     return {"step": start}
 
-  data = iter(
+  host_data = iter(
     pipeline.train_dataset(
       config.data,
       seed=config.seed,
@@ -180,6 +180,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       transform=runtime_lib.sample_transform(config),
     )
   )
+  data = prefetch.to_device(host_data, rt.mesh, config.data.get("device_prefetch", 2))  # copies overlap the step
   writer = MetricWriter(workdir, config.total_steps)
   preempt = _Preemption()
   cfg_dict = config_lib.to_dict(config)
@@ -189,7 +190,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     while step < config.total_steps:
       t0 = time.time()
-      batch = pipeline.to_global(_next_batch(data, step), rt.mesh)
+      batch = _next_batch(data, step)
       wait_s += time.time() - t0
       state, logs = rt.train_step(state, batch)
       step += 1
@@ -227,6 +228,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         print(f"SIGTERM: saved checkpoint at step {step}; exiting", flush=True)
         break
   finally:
+    getattr(data, "close", lambda: None)()
     preempt.restore()
     ckpt.close()
     writer.close()
