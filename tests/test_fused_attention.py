@@ -57,11 +57,17 @@ def test_splash_interpret_frame_causal_values_and_grads():
   assert not any(r.startswith("splash") for r in ab.fallback_reasons())
 
 
-@pytest.mark.parametrize("kind", ["none", "causal", "frames"])
+@pytest.mark.parametrize("kind", ["none", "causal", "frames", "keys"])
 def test_cudnn_padding_through_xla(kind):
   """Head dim 12 → 16 and length 7 → 8, as the cuDNN path pads them; run through XLA, values and grads match."""
   q, k, v = _qkv(L=7, D=12)
-  mask, causal = {"none": (None, False), "causal": (None, True), "frames": (FrameCausal(3), False)}[kind]
+  keys = jnp.asarray(np.arange(7) < np.array([[5], [7]]))[:, None, None, :]  # [B, 1, 1, K]: per-row valid keys
+  mask, causal = {
+    "none": (None, False),
+    "causal": (None, True),
+    "frames": (FrameCausal(3), False),
+    "keys": (keys, False),
+  }[kind]
   ours = lambda q, k, v: ab.cudnn_attention(q, k, v, mask=mask, causal=causal, implementation="xla")  # noqa: E731
   _check(ours, q, k, v, mask, causal)
 

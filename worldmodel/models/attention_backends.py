@@ -69,7 +69,8 @@ def choose(q_BQHK, k_BKHK, mask, causal: bool, backend: str | None = None) -> tu
   if want == "cudnn":
     why = _cudnn_refusal(q_BQHK, backend)
   else:
-    dynamic_mask = mask is not None and not isinstance(mask, (FrameCausal, np.ndarray))
+    static = isinstance(mask, FrameCausal) or (isinstance(mask, np.ndarray) and math.prod(mask.shape[:-2]) == 1)
+    dynamic_mask = mask is not None and not static  # splash takes one static mask for every batch row and head
     why = _splash_refusal(backend, dynamic_mask or q_BQHK.shape[1] != k_BKHK.shape[1])
   return ("xla", f"{want} cannot take this call ({why})") if why else (want, None)
 
@@ -105,13 +106,15 @@ def cudnn_attention(q_BQHK, k_BKHK, v_BKHK, *, mask=None, causal=False, implemen
   """cuDNN flash attention with the head dim padded to a multiple of 8 and the sequence to an even length (cuDNN's
   limits with a mask). Zero head-dim padding leaves q·k unchanged (the scale stays 1/√d of the true d); padded keys
   are cut off with key_value_seq_lengths. `implementation='xla'` runs the same padding through XLA (tests)."""
-  B, Q, H, D = q_BQHK.shape
+  B, Q, _, D = q_BQHK.shape
   K = k_BKHK.shape[1]
   Dp, Qp, Kp = _round_up(D, 8), _round_up(Q, 2), _round_up(K, 2)
-  if mask is not None:
-    mask = jnp.broadcast_to(dense_mask(mask, Q, K), (B, H, Q, K))
+  if mask is not None:  # kept in its broadcastable shape: no [B, H, L, L] copy
+    mask = jnp.asarray(dense_mask(mask, Q, K))
+    mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
     # Padded query rows see every real key (no empty softmax rows); padded keys are masked by the lengths below.
-    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, Qp - Q), (0, Kp - K)), constant_values=True)
+    pad_q, pad_k = (Qp - Q) * (mask.shape[2] == Q), (Kp - K) * (mask.shape[3] == K)
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad_q), (0, pad_k)), constant_values=True)
   pad = lambda x, L, Lp: jnp.pad(x, ((0, 0), (0, Lp - L), (0, 0), (0, Dp - D)))  # noqa: E731
   lengths = jnp.full((B,), K, jnp.int32) if Kp != K else None
   o = jax.nn.dot_product_attention(
