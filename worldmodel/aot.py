@@ -128,10 +128,11 @@ def main(argv):
     print(f"  {k:<12} {v:8.3f} GiB")
   print(f"  {'total':<12} {result['per_device_total_gib']:8.3f} GiB per device")
   print(f"FLOPs per step per device: {flops:.3e}")
-  if _CONFIG.value.model.get("scan_layers"):
+  if _CONFIG.value.model.get("scan_layers") or _CONFIG.value.optim.get("microbatches", 1) > 1:
     print(
-      "warning: with model.scan_layers XLA's cost analysis counts the scanned blocks once, not per layer: "
-      "FLOPs and the estimates below are too low; run with --config.model.scan_layers=False for FLOPs"
+      "warning: with model.scan_layers or optim.microbatches > 1 XLA's cost analysis counts a scan body once: "
+      "FLOPs and the estimates below are too low; run with --config.model.scan_layers=False and "
+      "--config.optim.microbatches=1 for FLOPs"
     )
   for name in _ACCEL.value:
     if name not in ACCELERATORS:
