@@ -1,5 +1,6 @@
 """Chunked episodes: same clips as whole-episode reading (same order), only the covering chunks read."""
 
+import os
 import shutil
 
 import numpy as np
@@ -33,10 +34,18 @@ def test_chunked_clips_equal_whole_episode_clips_and_read_little(chunked):
   assert amplification <= (8 - 1) / 4 + 1 + 0.25  # expected (span - 1) / chunk + 1 chunks of 4 per 8 frames used
 
 
-def test_pipeline_opens_the_chunked_copy(chunked):
+def test_pipeline_opens_the_chunked_copy_and_refuses_a_stale_one(chunked, tmp_path):
   cfg = type("C", (), {"dir": chunked, "get": lambda self, k, d=None: None})()
   (src,) = pipeline.open_sources(cfg, "train")
   assert isinstance(src, chunks.ChunkedSource)
+  stale = str(tmp_path / "stale")
+  shutil.copytree(chunked, stale)
+  shard = next(f for f in sorted(os.listdir(stale)) if ".array_record" in f)
+  with open(os.path.join(stale, shard), "ab") as f:
+    f.write(b"x")  # the records changed after the chunked copy was made
+  cfg.dir = stale
+  with pytest.raises(records.DatasetError, match="other records"):
+    pipeline.open_sources(cfg, "train")
 
 
 @pytest.mark.parametrize("encoding", ["png", "jpeg"])

@@ -67,7 +67,7 @@ def migrate(data_dir: str, chunk: int = 4, encoding: str = "raw", quality: int =
   meta = records.read_meta(data_dir)
   out_dir = os.path.join(data_dir, CHUNK_DIR)
   os.makedirs(out_dir, exist_ok=True)
-  info = {"chunk": chunk, "encoding": encoding, "splits": {}}
+  info = {"chunk": chunk, "encoding": encoding, "source": fingerprint(data_dir), "splits": {}}
   for split, count in meta.get("splits", {}).items():
     if not count:
       continue
@@ -92,8 +92,26 @@ def migrate(data_dir: str, chunk: int = 4, encoding: str = "raw", quality: int =
   return info
 
 
+def fingerprint(data_dir: str) -> dict:
+  """Names and sizes of the dataset's record files: a chunked copy of other records is stale."""
+  return {f: os.path.getsize(os.path.join(data_dir, f)) for f in sorted(os.listdir(data_dir)) if ".array_record" in f}
+
+
 def has_chunks(data_dir: str) -> bool:
-  return os.path.exists(os.path.join(data_dir, CHUNK_DIR, META))
+  """A chunked copy exists; one made from other records than today's is an error, not silently used."""
+  path = os.path.join(data_dir, CHUNK_DIR, META)
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    source = json.load(f).get("source")
+  if source != fingerprint(data_dir):
+    from worldmodel.data import records
+
+    raise records.DatasetError(
+      f"{data_dir}/{CHUNK_DIR} was made from other records than the dataset now holds; re-run "
+      f"python -m worldmodel.data.chunks --data={data_dir} (or delete {data_dir}/{CHUNK_DIR})"
+    )
+  return True
 
 
 class ChunkedSource:
