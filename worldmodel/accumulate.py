@@ -28,7 +28,7 @@ def count(config: ml_collections.ConfigDict) -> int:
 
 
 def batch_shards(mesh) -> int:
-  return math.prod(mesh.shape[a] for a in mesh_lib.BATCH_AXES if a in mesh.shape)
+  return math.prod(mesh.shape[a] for a in mesh_lib.batch_axes(mesh))
 
 
 def check(config: ml_collections.ConfigDict, mesh) -> None:
@@ -51,7 +51,7 @@ def check(config: ml_collections.ConfigDict, mesh) -> None:
 def split(batch: dict, K: int, mesh) -> dict:
   """Leaves [B, ...] → [K, B/K, ...]; micro-batch i holds the i-th slice of every device's shard."""
   shards = batch_shards(mesh)
-  sharding = NamedSharding(mesh, P(None, mesh_lib.BATCH_AXES))
+  sharding = NamedSharding(mesh, P(None, mesh_lib.batch_axes(mesh)))
 
   def one(x):
     B, rest = x.shape[0], x.shape[1:]

@@ -75,8 +75,8 @@ def fit_check(config, devices: int, mesh_text: str) -> dict:
   with config.unlocked():
     if mesh_text:
       config.mesh.update(parse_mesh(mesh_text))
-  mesh = mesh_lib.make_mesh(config.mesh)
-  rt = runtime.build(config, mesh)
+  rt = runtime.build(config, mesh_lib.make_mesh(config.mesh))
+  mesh = rt.mesh  # fsdp may have been split into fsdp × fsdp_sub for the model's shapes
   batch = rt.objective.batch_spec(config, mesh_lib.batch_sharding(mesh))
   t0 = time.time()
   compiled = rt.train_step.lower(rt.abstract_state, batch).compile()

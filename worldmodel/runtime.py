@@ -22,6 +22,7 @@ from flax import nnx
 
 from worldmodel import accumulate, checkpoint
 from worldmodel.models import attention_backends
+from worldmodel.parallel import fsdp_split
 from worldmodel.parallel import mesh as mesh_lib
 
 OBJECTIVES = {
@@ -155,14 +156,15 @@ def _split(model: nnx.Module):
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Runtime:
   objective = get_objective(config.objective)
   mesh = mesh if mesh is not None else mesh_lib.make_mesh(config.mesh)
-  attention_backends.configure(config.model.get("attention", "auto"), mesh)  # before anything is traced
-  accumulate.check(config, mesh)
   nnx.use_eager_sharding(False)  # shard once, inside the jitted init below, not variable by variable
   create = lambda: objective.create_model(config, nnx.Rngs(config.seed))  # noqa: E731 - traced twice below
   graphdef, abs_params, abs_extra = _split(nnx.eval_shape(create))
   param_specs = nnx.to_pure_dict(nnx.get_partition_spec(abs_params))
   extra_specs = nnx.to_pure_dict(nnx.get_partition_spec(abs_extra))  # e.g. the EMA target shards like the encoder
   abs_params, abs_extra = nnx.to_pure_dict(abs_params), nnx.to_pure_dict(abs_extra)
+  mesh = fsdp_split.fit_mesh(mesh, (abs_params, abs_extra), (param_specs, extra_specs))  # fsdp × fsdp_sub if needed
+  attention_backends.configure(config.model.get("attention", "auto"), mesh)  # before the step is traced
+  accumulate.check(config, mesh)
   schedule = make_schedule(config.optim, config.total_steps)
   lr_scales = objective.lr_scales(config, abs_params) if hasattr(objective, "lr_scales") else None
   tx = make_optimizer(config.optim, schedule, config.total_steps, lr_scales)

@@ -20,6 +20,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import PartitionSpec as P
 
+from worldmodel.parallel import mesh as mesh_lib
+
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash", "cpu")
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 CUDNN_MAX_HEAD_DIM = 128  # 256 on Hopper and later; 128 holds on every GPU cuDNN flash attention runs on
@@ -221,11 +223,11 @@ def splash_attention(q_BQHK, k_BKHK, v_BKHK, *, mask=None, causal=False):
 
 
 def _shard_axes(mesh, batch: int, heads: int):
-  """Batch over (data, fsdp) and heads over tensor, each only where the axis divides (else that dim is replicated
+  """Batch over (data, fsdp[, fsdp_sub]) and heads over tensor, each only where the axis divides (else that dim is replicated
   inside the kernel's shard_map, which is correct and only costs memory)."""
   if mesh is None:
     return None, None
-  batch_axes = tuple(a for a in ("data", "fsdp") if a in mesh.shape and mesh.shape[a] > 1)
+  batch_axes = tuple(a for a in mesh_lib.batch_axes(mesh) if mesh.shape[a] > 1)
   if batch % math.prod(mesh.shape[a] for a in batch_axes):
     _log_once(f"splash: batch {batch} does not divide over {batch_axes}; the kernel runs replicated over them")
     batch_axes = ()

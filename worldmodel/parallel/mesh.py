@@ -1,7 +1,9 @@
 """Device mesh from config, and the shardings that place parameters and batches on it.
 
 Axes: `data` (pure data parallel: batch split, parameters replicated), `fsdp` (batch split *and* parameters /
-optimizer state split), `tensor` (attention heads and MLP hidden split). Parameters carry their mesh axes as
+optimizer state split), `tensor` (attention heads and MLP hidden split). Where one dimension per weight cannot take
+all of `fsdp`, runtime.build splits it into `fsdp` × `fsdp_sub` (parallel/fsdp_split.py) and every large weight
+carries the sub-axis on a second dimension; the batch is split over all three batch axes. Parameters carry their mesh axes as
 `nnx.with_partitioning` annotations; `fit_spec` resolves them per mesh: an axis that does not divide its dimension
 moves to another dimension it divides, small weights may replicate, and a large weight no rule can shard is an error
 naming it. One annotation serves every mesh.
@@ -17,8 +19,14 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both
+AXES = ("data", "fsdp", "tensor")  # config axes (`mesh.*` keys); `mesh.fsdp` is the total over fsdp × fsdp_sub
+FSDP_SUB = "fsdp_sub"  # present only in meshes whose fsdp axis was split (parallel/fsdp_split.py)
+BATCH_AXES = ("data", "fsdp", FSDP_SUB)  # the batch dimension is split over all of them
+
+
+def batch_axes(mesh) -> tuple[str, ...]:
+  """The batch axes this mesh has (fsdp_sub only where fsdp was split)."""
+  return tuple(a for a in BATCH_AXES if a in mesh.shape)
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
@@ -77,7 +85,7 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(BATCH_AXES))
+  return NamedSharding(mesh, P(batch_axes(mesh)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -93,7 +101,8 @@ def fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh, name: str = "a paramet
   An annotated axis that does not divide its dimension moves to the largest other dimension it divides (big_vision's
   fsdp rule), stacking with axes already there; a large weight annotated without fsdp gets it the same way. Where
   none fits, weights under MIN_SHARDED_SIZE elements replicate over that axis (a rounding error of memory); larger
-  ones are refused with their name."""
+  ones are refused with their name. A split fsdp axis puts `fsdp_sub` on a second dimension of every large weight
+  that holds `fsdp` (the largest it divides, stacking where the first one has room); small ones replicate over it."""
   dims = [_axis_names(a, mesh) for a in tuple(spec) + (None,) * (len(shape) - len(spec))]
   homeless = []
   for i, names in enumerate(dims):
@@ -109,11 +118,18 @@ def fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh, name: str = "a paramet
     _place(dims, shape, mesh, "fsdp")  # big_vision's fsdp rule shards every large weight; none fits: as annotated
   for n in sorted(homeless, key=lambda n: -mesh.shape[n]):
     if not _place(dims, shape, mesh, n) and large:
-      raise ValueError(
-        f"mesh axis {n}={mesh.shape[n]} cannot shard {name} of shape {tuple(shape)}: it divides no dimension. "
-        f"Choose mesh sizes that divide it (e.g. a smaller {n} with a larger data axis)"
-      )
+      raise _refusal(n, name, shape, mesh)
+  if large and mesh.shape.get(FSDP_SUB, 1) > 1 and any("fsdp" in d for d in dims):  # after fsdp has its dimension
+    if not _place(dims, shape, mesh, FSDP_SUB):
+      raise _refusal(FSDP_SUB, name, shape, mesh)
   return P(*[(d[0] if len(d) == 1 else tuple(d)) if d else None for d in dims])
+
+
+def _refusal(n: str, name: str, shape, mesh) -> ValueError:
+  return ValueError(
+    f"mesh axis {n}={mesh.shape[n]} cannot shard {name} of shape {tuple(shape)}: it divides no dimension. "
+    f"Choose mesh sizes that divide it (e.g. a smaller {n} with a larger data axis)"
+  )
 
 
 def _place(dims: list, shape, mesh, n: str) -> bool:
