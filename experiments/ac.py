@@ -46,6 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     dtype="float32",
     remat="none",
     scan_layers=False,
+    attention="auto",  # auto (GPU: cuDNN flash, TPU: Pallas splash, CPU: ours), or xla / cudnn / splash / cpu
   )
   # context_frames: observed frames a rollout starts from, in evaluation and planning (one frame shows no velocity).
   # V-JEPA 2-AC: warmup, constant, linear decay (WSD); constant weight decay 0.04.

@@ -55,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     state_mean=[],
     state_std=[],
     state_groups={},
+    attention="auto",  # auto (GPU: cuDNN flash, TPU: Pallas splash, CPU: ours), or xla / cudnn / splash / cpu
   )
   # Frozen probes train the head alone (higher lr); fine-tuning moves the encoder gently, lower layers least.
   lr = {"frozen": 1e-3, "partial": 3e-4, "full": 2e-4}[mode]

@@ -78,6 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     loss_exp=1.0,
     predictor=dict(width=192, depth=6, heads=6, mlp_ratio=4.0),
     masks=masks(0.27, 0.09),
+    attention="auto",  # auto (GPU: cuDNN flash, TPU: Pallas splash, CPU: ours), or xla / cudnn / splash / cpu
   )
   # V-JEPA: AdamW, warmup + cosine lr, weight decay cosine 0.04 → 0.4, EMA momentum linear 0.998 → 1.0.
   c.optim.update(

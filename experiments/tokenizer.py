@@ -52,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       decay=0.99,
       restart_threshold=0.01,
     ),
+    attention="auto",  # auto (GPU: cuDNN flash, TPU: Pallas splash, CPU: ours), or xla / cudnn / splash / cpu
   )
   c.optim.update(lr=2e-3, final_lr_frac=0.05, weight_decay=1e-4, b2=0.99)
 

@@ -75,8 +75,8 @@ def fit_check(config, devices: int, mesh_text: str) -> dict:
   with config.unlocked():
     if mesh_text:
       config.mesh.update(parse_mesh(mesh_text))
-  mesh = mesh_lib.make_mesh(config.mesh)
-  rt = runtime.build(config, mesh)
+  rt = runtime.build(config, mesh_lib.make_mesh(config.mesh))
+  mesh = rt.mesh  # fsdp may have been split into fsdp × fsdp_sub for the model's shapes
   batch = rt.objective.batch_spec(config, mesh_lib.batch_sharding(mesh))
   t0 = time.time()
   compiled = rt.train_step.lower(rt.abstract_state, batch).compile()
@@ -128,10 +128,11 @@ def main(argv):
     print(f"  {k:<12} {v:8.3f} GiB")
   print(f"  {'total':<12} {result['per_device_total_gib']:8.3f} GiB per device")
   print(f"FLOPs per step per device: {flops:.3e}")
-  if _CONFIG.value.model.scan_layers:
+  if _CONFIG.value.model.scan_layers or _CONFIG.value.optim.microbatches > 1:
     print(
-      "warning: with model.scan_layers XLA's cost analysis counts the scanned blocks once, not per layer: "
-      "FLOPs and the estimates below are too low; run with --config.model.scan_layers=False for FLOPs"
+      "warning: with model.scan_layers or optim.microbatches > 1 XLA's cost analysis counts a scan body once: "
+      "FLOPs and the estimates below are too low; run with --config.model.scan_layers=False and "
+      "--config.optim.microbatches=1 for FLOPs"
     )
   for name in _ACCEL.value:
     if name not in ACCELERATORS:

@@ -2,6 +2,7 @@
 
   python -m worldmodel.bench --config=experiments/tokenizer.py:small --steps=10 [--config.data.dir=DATA]
   python -m worldmodel.bench --config=experiments/tokenizer.py:small --loader_workers=0,1,2   # input pipeline only
+  python -m worldmodel.bench --config=experiments/jepa.py:vit_g --input_only --chunk=4 --episode_frames=128
   python -m worldmodel.bench --config=experiments/ac.py:small --rollout   # AC rollout latency, CEM iteration
 
 Without --config.data.dir a small embedded dataset of the config's frame size is generated in a temp folder, so the
@@ -45,6 +46,21 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
     "Benchmark only the input pipeline, once per grain worker count given (e.g. 0,1,2), instead of the train step.",
   )
   _LOADER_BATCHES = flags.DEFINE_integer("loader_batches", 50, "Batches timed per loader setting (after 2 warm-up).")
+  _INPUT_ONLY = flags.DEFINE_boolean(
+    "input_only",
+    False,
+    "Benchmark only the input pipeline at config.data.workers: clips/s on this host and read amplification "
+    "(frames / bytes read per frame / byte used).",
+  )
+  _CHUNK = flags.DEFINE_integer(
+    "chunk", 0, "With the generated dataset: also write a chunked copy (data/chunks.py) with this many steps a record."
+  )
+  _FRAMES = flags.DEFINE_enum("frames", "raw", ["raw", "jpeg", "png"], "--chunk: frame encoding of the chunked copy.")
+  _EPISODE_FRAMES = flags.DEFINE_integer(
+    "episode_frames",
+    0,
+    "Steps per generated episode (0: max(32, the clip span)); long episodes show read amplification.",
+  )
   _ROLLOUT = flags.DEFINE_boolean(
     "rollout",
     False,
@@ -258,10 +274,14 @@ def _bench_data(config):
 
   tmp = tempfile.mkdtemp(prefix="wm-bench-")
   try:
-    frames = max(32, (config.data.num_frames - 1) * config.data.frame_stride + 1)
+    frames = max(32, (config.data.num_frames - 1) * config.data.frame_stride + 1, _EPISODE_FRAMES.value)
     config.data.dir = bouncing.write_dataset(
       os.path.join(tmp, "data"), episodes=68, frames=frames, size=config.model.size
     )
+    if _CHUNK.value:
+      from worldmodel.data import chunks
+
+      chunks.migrate(config.data.dir, chunk=_CHUNK.value, encoding=_FRAMES.value)
     yield
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -282,7 +302,12 @@ def main(argv):
     print(json.dumps(result), flush=True)
     return
   with config.unlocked(), _bench_data(config):
-    if _LOADER.value:
+    if _INPUT_ONLY.value:
+      from worldmodel.data import input_bench
+
+      result = bench_loader(config, [int(config.data.workers)], _LOADER_BATCHES.value)
+      result.update(input_bench.read_amplification(config))
+    elif _LOADER.value:
       result = bench_loader(config, [int(w) for w in _LOADER.value], _LOADER_BATCHES.value)
     else:
       result = bench(config, _STEPS.value, _MATMUL.value)

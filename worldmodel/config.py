@@ -230,9 +230,10 @@ def _merge(defaults: dict, values: dict) -> dict:
 
 # Keys an older config.json may lack, with the behaviour the code had without them (merged once on load).
 DEFAULTS = {
-  "data": {"resize": 0, "weights": (), "features": {}},
+  "data": {"resize": 0, "weights": (), "features": {}, "device_prefetch": 2},
+  "model": {"attention": "auto"},
   "init": {"source": "", "key": "", "heads": 0},
-  "optim": {"schedule": "cosine", "decay_frac": 0.2, "weight_decay_end": None, "layer_decay": 1.0},
+  "optim": {"schedule": "cosine", "decay_frac": 0.2, "weight_decay_end": None, "layer_decay": 1.0, "microbatches": 1},
   "eval": {"perceptual": "", "probes": True, "every_steps": 0, "train_split": "val", "train_max_clips": 64},
   "log": {"wandb": ""},
 }
@@ -261,6 +262,7 @@ def base_config(objective: str, *, num_frames: int, total_steps: int, batch_size
     read_threads=2,
     prefetch=4,
     workers=0,
+    device_prefetch=2,  # batches copied to the devices ahead of the step (0: synchronous copy)
   )
   # schedule: 'cosine' (warmup + cosine), 'wsd' (warmup, stable, linear decay over the last decay_frac) or
   # 'constant'; weight_decay_end (None: constant) decays the weight decay on a cosine; layer_decay < 1: layer-wise
@@ -278,6 +280,7 @@ def base_config(objective: str, *, num_frames: int, total_steps: int, batch_size
     b2=0.999,
     grad_clip=1.0,
     layer_decay=1.0,
+    microbatches=1,  # gradient accumulation: K micro-batches per step, one update (worldmodel/accumulate.py)
   )
   # Warm start: a worldmodel workdir or a V-JEPA .pt / .safetensors encoder (init_from.py); `key` picks
   # 'target_encoder' (default) or 'encoder' from a V-JEPA training checkpoint.
@@ -315,4 +318,5 @@ def _tuples(d: Any) -> Any:
 # Parts of the config that define the model's parameters: a workdir trained with other values cannot be resumed.
 def model_signature(config: ml_collections.ConfigDict | dict) -> dict:
   d = config if isinstance(config, dict) else to_dict(config)
-  return {"objective": d.get("objective"), "model": d.get("model")}
+  model = {k: v for k, v in (d.get("model") or {}).items() if k != "attention"}  # a kernel choice, not the model
+  return {"objective": d.get("objective"), "model": model}

@@ -19,7 +19,9 @@ import ml_collections
 import optax
 from flax import nnx
 
-from worldmodel import checkpoint, objectives, optim
+from worldmodel import accumulate, checkpoint, objectives, optim
+from worldmodel.models import attention_backends
+from worldmodel.parallel import fsdp_split
 from worldmodel.parallel import mesh as mesh_lib
 
 
@@ -85,6 +87,9 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   param_specs = nnx.to_pure_dict(nnx.get_partition_spec(abs_params))
   extra_specs = nnx.to_pure_dict(nnx.get_partition_spec(abs_extra))  # e.g. the EMA target shards like the encoder
   abs_params, abs_extra = nnx.to_pure_dict(abs_params), nnx.to_pure_dict(abs_extra)
+  mesh = fsdp_split.fit_mesh(mesh, (abs_params, abs_extra), (param_specs, extra_specs))  # fsdp × fsdp_sub if needed
+  attention_backends.configure(config.model.attention, mesh)  # before the step is traced
+  accumulate.check(config, mesh)
   schedule = optim.make_schedule(config.optim, config.total_steps)
   tx = optim.make_optimizer(config.optim, schedule, config.total_steps, objective.lr_scales(config, abs_params))
   repl = mesh_lib.replicated(mesh)
@@ -121,14 +126,18 @@ def _train_step(rt: Runtime, state: dict, batch: dict):
   step = state["step"]
   rng = jax.random.fold_in(jax.random.key(rt.config.seed), step)  # a pure function of (seed, step): resumable
 
-  def loss_of(params):
+  def loss_of(params, extra, batch, rng):
     # copy=True: the forward pass writes non-Param state (VQ EMA) under grad's trace (flax#5050).
-    model = nnx.merge(rt.graphdef, params, state["extra"], copy=True)
+    model = nnx.merge(rt.graphdef, params, extra, copy=True)
     loss, logs = rt.objective.loss_fn(model, batch, rng=rng, train=True)
     _, _, extra = _split(model)
     return loss, (logs, nnx.to_pure_dict(extra))
 
-  (_, (logs, extra)), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+  grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+  K = accumulate.count(rt.config)  # optim.microbatches: K forward / backward passes, one update
+  (_, (logs, extra)), grads = accumulate.value_and_grad(
+    grad_fn, state["params"], state["extra"], batch, rng, K, rt.mesh
+  )
   updates, opt = rt.tx.update(grads, state["opt"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   extra, more = rt.objective.after_update(rt.config, params, extra, step)  # e.g. JEPA: the EMA target follows

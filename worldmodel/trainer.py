@@ -20,7 +20,7 @@ from worldmodel import checkpoint as ckpt_lib
 from worldmodel import config as config_lib
 from worldmodel import eval_hook, metrics, objectives, trackers
 from worldmodel import runtime as runtime_lib
-from worldmodel.data import pipeline, records
+from worldmodel.data import pipeline, prefetch, records
 from worldmodel.parallel import mesh as mesh_lib
 
 
@@ -173,7 +173,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.close()
     return {"step": start}
 
-  data = iter(
+  host_data = iter(
     pipeline.train_dataset(
       config.data,
       seed=config.seed,
@@ -184,6 +184,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       sources=sources,
     )
   )
+  data = prefetch.to_device(host_data, rt.mesh, config.data.device_prefetch)  # copies overlap the step
   writer = trackers.Writers(MetricWriter(workdir, config.total_steps), config, workdir)  # + W&B when log.wandb
   if evals.resumed(start, data_state):  # due at the restored step but not run before that save
     evals.run(rt, state, start, writer)
@@ -195,7 +196,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     while step < config.total_steps:
       t0 = time.time()
-      batch = pipeline.to_global(_next_batch(data, step), rt.mesh)
+      batch = _next_batch(data, step)
       wait_s += time.time() - t0
       state, logs = rt.train_step(state, batch)
       step += 1
@@ -236,6 +237,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         print(f"SIGTERM: saved checkpoint at step {step}; exiting", flush=True)
         break
   finally:
+    getattr(data, "close", lambda: None)()
     preempt.restore()
     ckpt.close()
     writer.close()

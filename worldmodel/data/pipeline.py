@@ -15,7 +15,7 @@ import grain
 import jax
 import numpy as np
 
-from worldmodel.data import records
+from worldmodel.data import chunks, records
 from worldmodel.parallel import mesh as mesh_lib
 
 KEYS = ("video", "action", "state", "reward")
@@ -33,7 +33,12 @@ def feature_map(data_cfg) -> dict | None:
 
 
 def open_sources(data_cfg, split: str) -> list:
-  return [records.open_split(d, split, feature_map(data_cfg)) for d in data_dirs(data_cfg)]
+  """One source per dataset; a dataset with a chunked copy (data/chunks.py) is read from it, frames on demand."""
+  mapping = feature_map(data_cfg)
+  return [
+    chunks.ChunkedSource(d, split) if chunks.has_chunks(d) and not mapping else records.open_split(d, split, mapping)
+    for d in data_dirs(data_cfg)
+  ]
 
 
 def mixture_weights(data_cfg, n: int) -> np.ndarray:
@@ -98,14 +103,17 @@ class ClipSampler:
   def __call__(self, g: int) -> dict:
     d, episode = self.locate(g)
     src = self.sources[d]
-    ep = src[episode]
-    length = ep["video"].shape[0]
+    chunked = hasattr(src, "read")  # reads only the chunks the window covers; the length comes from metadata
+    ep = None if chunked else src[episode]
+    length = src.length(episode) if chunked else ep["video"].shape[0]
     if length < self.span:
       raise records.DatasetError(
         f"{src.data_dir}: episode {episode} has {length} frames; a clip needs {self.span} "
         f"(num_frames={self.num_frames}, frame_stride={self.stride})"
       )
     start = int(np.random.default_rng([self.seed, g, 11]).integers(0, length - self.span + 1))
+    if chunked:
+      ep, start = src.read(episode, start, start + self.span), 0
     return checked_clip(window(ep, start, self.span, self.stride), self.size, src, episode)
 
 

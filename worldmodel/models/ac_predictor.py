@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from worldmodel.models import layers, positions
-from worldmodel.models.attention import dot_product_attention
+from worldmodel.models.attention import FrameCausal, dot_product_attention
 
 
 def block_causal_mask(frames: int, per_frame: int) -> np.ndarray:
@@ -84,7 +84,7 @@ class ACPredictor(nnx.Module):
     if T > self.max_frames:
       raise ValueError(f"{T} frames exceed the predictor's model.max_frames={self.max_frames}")
     x = self._tokens(z_BTND, a_BTA).reshape(B, T * self.per_frame, self.width)
-    x = self.blocks(x, mask=jnp.asarray(block_causal_mask(T, self.per_frame))[None, None])
+    x = self.blocks(x, mask=FrameCausal(self.per_frame))  # structured: no L×L array reaches the kernels
     out = self._readout(x.reshape(B, T, self.per_frame, self.width))
     return z_BTND + out if self.residual else out
 

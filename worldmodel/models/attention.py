@@ -1,4 +1,4 @@
-"""Scaled dot-product attention: the fused `jax.nn.dot_product_attention` on GPU / TPU, a leaner kernel on CPU.
+"""Scaled dot-product attention: fused kernels on GPU / TPU (attention_backends.py), a leaner kernel on CPU.
 
 On CPU the attention matrices ([B, H, L, L]) are what costs time, not the matmuls: every elementwise pass over
 them is memory-bound. `jax.nn.dot_product_attention`'s XLA path makes ~10 such passes forward + backward (measured
@@ -12,12 +12,24 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from worldmodel.models import attention_backends as backends
+from worldmodel.models.attention_backends import FrameCausal  # noqa: F401 - re-exported for callers
+
 NEG_INF = -1e30
 
 
 def dot_product_attention(q_BQHK, k_BKHK, v_BKHK, *, mask=None, causal: bool = False) -> jax.Array:
-  """softmax(q·kᵀ/√d + mask) · v, shapes [B, L, H, K]; `mask` boolean broadcastable to [B, H, Q, K]."""
-  if jax.default_backend() != "cpu":
+  """softmax(q·kᵀ/√d + mask) · v, shapes [B, L, H, K]; `mask` boolean broadcastable to [B, H, Q, K], or a
+  structured `FrameCausal`. The kernel is chosen per backend and `model.attention` (attention_backends.choose)."""
+  impl, why = backends.choose(q_BQHK, k_BKHK, mask, causal)
+  if why:
+    backends.log_fallback(why)
+  if impl == "cudnn":
+    return backends.cudnn_attention(q_BQHK, k_BKHK, v_BKHK, mask=mask, causal=causal)
+  if impl == "splash":
+    return backends.splash_attention(q_BQHK, k_BKHK, v_BKHK, mask=mask, causal=causal)
+  mask = backends.dense_mask(mask, q_BQHK.shape[1], k_BKHK.shape[1])
+  if impl == "xla":
     return jax.nn.dot_product_attention(q_BQHK, k_BKHK, v_BKHK, mask=mask, is_causal=causal)
   if causal:
     Q, K = q_BQHK.shape[1], k_BKHK.shape[1]
