@@ -7,7 +7,6 @@ Experiment configs are Python files in experiments/ with `get_config(arg)` retur
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any, Sequence
 
@@ -104,20 +103,24 @@ def to_dict(config: ml_collections.ConfigDict) -> dict:
 
 
 def save_json(config: ml_collections.ConfigDict, workdir: str) -> str:
-  path = os.path.join(workdir, "config.json")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(to_dict(config), f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  from worldmodel import storage
+
+  path = storage.join(workdir, "config.json")
+  storage.write_text(path, json.dumps(to_dict(config), indent=2, sort_keys=True))
   return path
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  from worldmodel import storage
+
+  path = storage.join(workdir, "config.json")
+  try:
+    storage.check_reachable(workdir)
+  except storage.StorageError as e:
+    raise ConfigError(str(e)) from None
+  if not storage.exists(path):
     raise ConfigError(f"{workdir} is not a worldmodel workdir: no config.json in it")
-  with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+  return ml_collections.ConfigDict(_tuples(json.loads(storage.read_text(path))))
 
 
 def _tuples(d: Any) -> Any:

@@ -25,6 +25,7 @@ import numpy as np
 from absl import app, flags
 
 from worldmodel import config as config_lib
+from worldmodel import storage
 from worldmodel.parallel import distributed
 
 if __name__ == "__main__":  # flags only for the CLI: importing several CLI modules must not redefine them
@@ -91,7 +92,7 @@ def evaluate(
   if context is not None:
     rt.objective.check_config(config)  # e.g. a context as long as the clips leaves nothing to predict
   rt.objective.check_data(config, pipeline.frame_size(config.data))
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+  ckpt = ckpt_lib.Checkpointer(storage.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
   step, state, _ = ckpt.restore(rt.abstract_state, step)
   ckpt.close()
 
@@ -127,15 +128,17 @@ def evaluate(
   if lead and tty:
     print(flush=True)
 
-  out_dir = out_dir or os.path.join(workdir, "eval", str(step))
-  result = (
-    {"step": step, "split": split, "data": config.data.dir, **evaluator.finish(out_dir, num_clips)} if lead else {}
-  )
-  if lead:
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-      json.dump(result, f, indent=2)
-    _tensorboard(workdir, split, step, result)
-    _print_table(result, out_dir)
+  out_dir = storage.absolute(out_dir or storage.join(workdir, "eval", str(step)))
+  if not lead:
+    return {}
+  mirror = storage.Mirror(out_dir)  # media and plots are written locally, then uploaded for a bucket
+  result = {"step": step, "split": split, "data": config.data.dir, **evaluator.finish(mirror.local, num_clips)}
+  result = json.loads(json.dumps(result).replace(mirror.local, out_dir))  # report where the files end up
+  with open(os.path.join(mirror.local, "metrics.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  mirror.close()
+  _tensorboard(workdir, split, step, result)
+  _print_table(result, out_dir)
   return result
 
 
@@ -156,10 +159,12 @@ def _gather(out: dict) -> dict:
 def _tensorboard(workdir: str, split: str, step: int, result: dict) -> None:
   from tensorboardX import SummaryWriter
 
-  with SummaryWriter(os.path.join(workdir, "tb", f"eval_{split}")) as tb:
+  mirror = storage.Mirror(storage.join(workdir, "tb", f"eval_{split}"))
+  with SummaryWriter(mirror.local) as tb:
     for k, v in result.items():
       if isinstance(v, (int, float)) and not isinstance(v, bool):
         tb.add_scalar(k, v, step)
+  mirror.close()
 
 
 def _print_table(result: dict, out_dir: str) -> None:
@@ -175,7 +180,7 @@ def _print_table(result: dict, out_dir: str) -> None:
   print(f"{'metric':<{width}}  value")
   for k, v in scalars.items():
     print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-  print(f"wrote {os.path.join(out_dir, 'metrics.json')}")
+  print(f"wrote {storage.join(out_dir, 'metrics.json')}")
   for name, path in result.get("media", {}).items():
     print(f"  {name}: {path}")
 
@@ -186,7 +191,7 @@ def evaluate_all_steps(workdir: str, **kwargs) -> dict:
   from worldmodel import media
 
   config = config_lib.load_workdir_config(workdir)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+  ckpt = ckpt_lib.Checkpointer(storage.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
   steps = ckpt.steps()
   ckpt.close()
   if not steps:
@@ -194,13 +199,13 @@ def evaluate_all_steps(workdir: str, **kwargs) -> dict:
   rows = [evaluate(workdir, step=s, **kwargs) for s in steps]
   if jax.process_index():
     return {}
-  out_dir = os.path.join(workdir, "eval", "all_steps")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = storage.join(workdir, "eval", "all_steps")
+  mirror = storage.Mirror(out_dir)
   keys = [k for k, v in rows[-1].items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"]
   series = {k: [r.get(k, float("nan")) for r in rows] for k in keys}
   plots = {
     k: media.plot_curves(
-      os.path.join(out_dir, k.replace("/", "_") + ".png"),
+      os.path.join(mirror.local, k.replace("/", "_") + ".png"),
       {k: np.asarray(v)},
       "checkpoint step",
       k,
@@ -209,10 +214,11 @@ def evaluate_all_steps(workdir: str, **kwargs) -> dict:
     )
     for k, v in series.items()
   }
-  result = {"steps": steps, "metrics": series, "plots": plots}
-  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+  result = json.loads(json.dumps({"steps": steps, "metrics": series, "plots": plots}).replace(mirror.local, out_dir))
+  with open(os.path.join(mirror.local, "metrics.json"), "w") as f:
     json.dump(result, f, indent=2)
-  print(f"wrote {os.path.join(out_dir, 'metrics.json')} and {len(plots)} plots")
+  mirror.close()
+  print(f"wrote {storage.join(out_dir, 'metrics.json')} and {len(plots)} plots")
   return result
 
 

@@ -14,18 +14,19 @@ import jax
 import jax.numpy as jnp
 
 from worldmodel import checkpoint as ckpt_lib
+from worldmodel import storage
 
 TORCH_FORMATS = (".pt", ".pth", ".tar", ".safetensors")
 
 
 def source_tree(src: str, config) -> tuple[dict, str]:
   """{"params": {...}, "extra": {...}} of the source, and a description of where it came from."""
-  if os.path.isdir(src):
+  if storage.isdir(src):
     step, saved = ckpt_lib.read_newest(src)
     return {"params": saved.get("params", {}), "extra": saved.get("extra", {})}, f"{src} (step {step})"
   if src.endswith(TORCH_FORMATS):
-    if not os.path.exists(src):
-      raise ckpt_lib.CheckpointError(f"init.source {src}: no such file")
+    if storage.is_remote(src) or not os.path.exists(src):
+      raise ckpt_lib.CheckpointError(f"init.source {src}: no such local file (copy V-JEPA files from buckets first)")
     from worldmodel.importers import vjepa
 
     weights = vjepa.encoder_weights(src, config.model, key=config.init.get("key") or None)
