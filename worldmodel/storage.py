@@ -26,6 +26,9 @@ BACKEND = {"gs": "gcsfs", "s3": "s3fs"}
 TIMEOUT_S = float(os.environ.get("WORLDMODEL_STORAGE_TIMEOUT_S", "60"))
 
 logging.getLogger("gcsfs").setLevel(logging.ERROR)  # without ADC it warns on every bucket ("bucket type")
+# Orbax and JAX's compilation cache reach buckets through etils.epath, which prefers TensorFlow's gfile when TF is
+# installed (it ignores STORAGE_EMULATOR_HOST and is a second stack to configure): one layer, fsspec, for everything.
+os.environ.setdefault("EPATH_USE_TF", "false")
 
 
 class StorageError(ValueError):

@@ -1,0 +1,169 @@
+"""Runs that live in a bucket, against a real GCS emulator (fake-gcs-server) on localhost started by the tests."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import REPO, cli_env, local_launch_cmd, run_cli
+from gcs_emulator import gcs  # noqa: F401 - the fixture
+
+from worldmodel import storage
+
+
+def _no_url_folders():
+  assert not os.path.exists(os.path.join(REPO, "gs:")), "something wrote a local folder named after a URL"
+
+
+def test_paths_mirror_and_cached_copy(gcs, tmp_path, monkeypatch):
+  monkeypatch.setenv("WORLDMODEL_CACHE", str(tmp_path / "cache"))
+  root = gcs.make_bucket("wm-unit")
+  assert storage.absolute(root + "/a/") == "gs://wm-unit/a" and storage.is_remote(root)
+  assert storage.absolute("rel") == os.path.abspath("rel") and not storage.is_remote("rel")
+  storage.check_reachable(root + "/anything")
+
+  m = storage.Mirror(root + "/run")
+  with open(os.path.join(m.local, "metrics.jsonl"), "w") as f:
+    f.write('{"step": 1}\n')
+  os.makedirs(os.path.join(m.local, "tb"))
+  open(os.path.join(m.local, "tb", "events"), "wb").write(b"x")
+  m.close()
+  assert storage.listdir(root + "/run") == ["metrics.jsonl", "tb"]
+  again = storage.Mirror(root + "/run", pull=("metrics.jsonl",))  # a resumed run appends to the same file
+  assert open(os.path.join(again.local, "metrics.jsonl")).read() == '{"step": 1}\n'
+
+  local = storage.local_copy(root + "/run")
+  assert sorted(os.listdir(local)) == ["metrics.jsonl", "tb"] and local.startswith(str(tmp_path / "cache"))
+  storage.write_text(root + "/run/new.txt", "changed")  # a changed dataset is downloaded again
+  storage.local_copy.cache_clear()
+  assert storage.local_copy(root + "/run") != local
+
+
+def test_missing_bucket_unreachable_endpoint_and_missing_extra(gcs, monkeypatch):
+  with pytest.raises(storage.StorageError, match="bucket gs://wm-absent .*does not exist"):
+    storage.check_reachable("gs://wm-absent/run")
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:1")  # nothing listens there
+  storage.filesystem("gs://x").clear_instance_cache()
+  try:
+    with pytest.raises(storage.StorageError, match="gs://wm-unit .*cannot be reached"):
+      storage.check_reachable("gs://wm-unit/run", timeout_s=2)
+  finally:
+    storage.filesystem("gs://x").clear_instance_cache()
+  # Without gcsfs installed (its import blocked), the error names the extra to install.
+  code = (
+    "import sys; sys.modules['gcsfs'] = None\n"
+    "from worldmodel import storage\n"
+    "try: storage.check_reachable('gs://b/x')\n"
+    "except storage.StorageError as e: print(e)\n"
+  )
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=cli_env())
+  assert "pip install 'worldmodel[gcs]'" in out.stdout, out.stdout + out.stderr
+
+
+def test_train_on_a_missing_bucket_fails_in_one_line_before_compiling(gcs, dataset):
+  r = run_cli(
+    "worldmodel.train",
+    "--config=experiments/tokenizer.py:tiny",
+    "--workdir=gs://wm-no-such-bucket/run",
+    f"--config.data.dir={dataset}",
+  )
+  assert r.returncode == 2, r.stderr[-2000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: bucket gs://wm-no-such-bucket") and "does not exist" in last, last
+  assert "compiled" not in r.stdout
+  r = run_cli(
+    "worldmodel.train",
+    "--config=experiments/tokenizer.py:tiny",
+    "--workdir=/tmp/x",
+    "--config.data.dir=gs://wm-no-such-bucket/d",
+  )
+  assert r.returncode == 2 and "error: bucket gs://wm-no-such-bucket" in r.stderr, r.stderr[-2000:]
+  _no_url_folders()
+
+
+def _train_cmd(workdir, data, *extra):
+  return [
+    sys.executable,
+    "-m",
+    "worldmodel.train",
+    "--config=experiments/tokenizer.py:tiny",
+    f"--workdir={workdir}",
+    f"--config.data.dir={data}",
+    *extra,
+  ]
+
+
+@pytest.mark.slow
+def test_generate_train_preempt_resume_evaluate_in_a_bucket(gcs, tmp_path):
+  env = cli_env({"WORLDMODEL_CACHE": str(tmp_path / "cache")})
+  root = gcs.make_bucket("wm-e2e")
+  data, run = f"{root}/data/bouncing", f"{root}/runs/tok"
+  r = run_cli(
+    "worldmodel.data.generate",
+    "--source=bouncing",
+    f"--out={data}",
+    "--episodes=24",
+    "--frames=8",
+    "--size=64",
+    env=env,
+  )
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert f"-> {data}" in r.stdout and "dataset_info.json" in storage.listdir(data)
+
+  # 8 steps, then a SIGTERM during a long run: it saves at the next step and exits 0.
+  cmd = _train_cmd(run, data, "--config.total_steps=100000", "--config.checkpoint.every_steps=100000")
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+  deadline, head = time.time() + 180, []
+  for line in proc.stdout:
+    head.append(line)
+    if line.startswith("step 5/") or time.time() > deadline:
+      break
+  proc.send_signal(signal.SIGTERM)
+  out = "".join(head) + proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0 and "SIGTERM: saved checkpoint at step" in out, out[-3000:]
+  saved = [int(s) for s in storage.listdir(f"{run}/checkpoints") if s.isdigit()]
+  assert len(saved) == 1 and saved[0] >= 5
+
+  # Resume to step 20 from the bucket checkpoint: the second start loads its executable from the compile cache.
+  r = subprocess.run(_train_cmd(run, data), cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"resumed from checkpoint step {saved[0]}" in r.stdout
+  rows = [json.loads(x) for x in storage.read_text(f"{run}/metrics.jsonl").splitlines()]
+  first = next(r for r in rows if r["step"] > saved[0])  # the first log row of a start reports its compile time
+  assert rows[-1]["step"] == 20 and {"compile_s", "mfu", "clips_per_s", "tflops_per_device"} <= set(first)
+  assert any(n.startswith("events.out.tfevents") for n in storage.listdir(f"{run}/tb"))
+  assert storage.listdir(f"{run}/compile_cache")
+
+  r = run_cli("worldmodel.evaluate", f"--workdir={run}", "--split=test", env=env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  result = json.loads(storage.read_text(f"{run}/eval/20/metrics.json"))
+  assert np.isfinite(result["psnr"]) and result["media"]
+  assert all(p.startswith(f"{run}/eval/20/") and storage.exists(p) for p in result["media"].values())
+  _no_url_folders()
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_bucket_workdir(gcs, tmp_path, dataset):
+  root = gcs.make_bucket("wm-multi")
+  run = f"{root}/runs/two"
+  cmd = local_launch_cmd(
+    2,
+    2,
+    "worldmodel.train",
+    "--config=experiments/tokenizer.py:tiny",
+    f"--workdir={run}",
+    f"--config.data.dir={dataset}",
+    "--config.total_steps=4",
+    "--config.log_every_steps=2",
+    "--config.checkpoint.every_steps=2",
+    "--config.checkpoint.keep=1",
+  )
+  r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=cli_env())
+  assert r.returncode == 0, r.stdout[-3000:]
+  assert sorted(int(s) for s in storage.listdir(f"{run}/checkpoints") if s.isdigit()) == [4]
+  assert [json.loads(x)["step"] for x in storage.read_text(f"{run}/metrics.jsonl").splitlines()] == [2, 4]
+  _no_url_folders()
