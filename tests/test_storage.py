@@ -7,12 +7,17 @@ import subprocess
 import sys
 import time
 
+import gcs_emulator
 import numpy as np
 import pytest
 from conftest import REPO, cli_env, local_launch_cmd, run_cli
-from gcs_emulator import gcs  # noqa: F401 - the fixture
 
 from worldmodel import storage
+
+
+@pytest.fixture(scope="module", name="gcs")
+def _gcs():
+  yield from gcs_emulator.running()
 
 
 def _no_url_folders():
