@@ -76,7 +76,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     b2=0.999,
     grad_clip=1.0,
   )
-  c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
+  # checkpoint.every_minutes: also save at the first log step once this many minutes passed (0: off);
+  # keep_every: checkpoints at multiples of this step are kept beyond `keep` (0: off).
+  c.checkpoint = dict(every_steps=500, keep=3, async_save=True, every_minutes=0.0, keep_every=0)
+  # compile_cache_dir: persistent XLA compilation cache ('': WORKDIR/compile_cache, 'none': off).
+  c.compile_cache_dir = ""
+  # profile: a jax.profiler trace of steps [start_step, start_step + num_steps) into WORKDIR/profile (0 steps: off).
+  c.profile = dict(start_step=0, num_steps=0)
   c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn=dict(data=1, fsdp=1, tensor=1))  # dcn: cross-slice sizes
   c.eval = dict(split="test", batch_size=16, max_clips=0, num_media=4)
 

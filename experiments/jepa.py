@@ -114,7 +114,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Fine-tuning / continued pretraining: a worldmodel workdir or a V-JEPA .pt / .safetensors encoder (init_from.py);
   # `key` picks 'target_encoder' (default) or 'encoder' from a V-JEPA training checkpoint.
   c.init = dict(source="", key="")
-  c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
+  # checkpoint.every_minutes: also save at the first log step once this many minutes passed (0: off);
+  # keep_every: checkpoints at multiples of this step are kept beyond `keep` (0: off).
+  c.checkpoint = dict(every_steps=500, keep=3, async_save=True, every_minutes=0.0, keep_every=0)
+  # compile_cache_dir: persistent XLA compilation cache ('': WORKDIR/compile_cache, 'none': off).
+  c.compile_cache_dir = ""
+  # profile: a jax.profiler trace of steps [start_step, start_step + num_steps) into WORKDIR/profile (0 steps: off).
+  c.profile = dict(start_step=0, num_steps=0)
   c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn=dict(data=1, fsdp=1, tensor=1))  # dcn: cross-slice sizes
   # Probes: fit on probe_train_split (probe_clips clips at most), scored on the evaluated split.
   c.eval = dict(

@@ -66,12 +66,20 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
   return 2 * n**3 / float(np.median(times))
 
 
-def device_peak(dtype: str = "float32") -> tuple[float, str]:
-  """(peak FLOP/s of one local device, where the number comes from)."""
-  kind = jax.local_devices()[0].device_kind.lower()
+def peak_for(device_kind: str, dtype: str) -> float | None:
+  """Data-sheet peak of a device kind (jax's `device.device_kind`, e.g. 'NVIDIA H100 80GB HBM3', 'TPU v5 lite')."""
+  kind = device_kind.lower()
   for name, (bf16, f32) in PEAKS:
     if name in kind:
-      return (bf16 if dtype == "bfloat16" else f32), f"{name} {dtype} data sheet"
+      return bf16 if dtype == "bfloat16" else f32
+  return None
+
+
+def device_peak(dtype: str = "float32") -> tuple[float, str]:
+  """(peak FLOP/s of one local device, where the number comes from)."""
+  kind = jax.local_devices()[0].device_kind
+  if peak_for(kind, dtype):
+    return peak_for(kind, dtype), f"{kind} {dtype} data sheet"
   if jax.default_backend() == "cpu":  # fake CPU devices share the host's cores
     return measure_matmul_peak(1024, 5) / jax.local_device_count(), "measured f32 matmul / local devices"
   return float("nan"), f"unknown device {kind!r}"
