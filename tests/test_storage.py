@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -102,46 +103,88 @@ def _train_cmd(workdir, data, *extra):
   ]
 
 
+# launch/slurm.sbatch without SLURM: a fake `srun` (a one-task SLURM step environment around the real trainer) and a
+# fake `scontrol` (records its arguments) on PATH.
+FAKE_SRUN = """#!/bin/bash
+while [[ $1 == --* ]]; do shift; done  # srun's own options
+export SLURM_STEP_NODELIST=localhost SLURM_NTASKS=1 SLURM_PROCID=0 SLURM_LOCALID=0 SLURM_STEP_NUM_NODES=1
+"$@" &
+child=$!
+trap 'kill -TERM $child' TERM  # srun forwards SIGTERM to its tasks
+wait $child; wait $child
+"""
+
+
+def test_sbatch_script_parses():
+  assert subprocess.run(["bash", "-n", os.path.join(REPO, "launch", "slurm.sbatch")]).returncode == 0
+
+
+def _fake_slurm(tmp_path) -> dict:
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "srun").write_text(FAKE_SRUN)
+  (bin_dir / "scontrol").write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/scontrol.log\n')
+  for name in ("srun", "scontrol"):
+    (bin_dir / name).chmod(stat.S_IRWXU)
+  return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": REPO}
+
+
+def _ckpt_steps(run):
+  return sorted(int(s) for s in storage.listdir(f"{run}/checkpoints") if s.isdigit())
+
+
 @pytest.mark.slow
-def test_generate_train_preempt_resume_evaluate_in_a_bucket(gcs, tmp_path):
-  env = cli_env({"WORLDMODEL_CACHE": str(tmp_path / "cache")})
+def test_generate_train_requeue_resume_evaluate_in_a_bucket(gcs, tmp_path):
+  """generate → train under launch/slurm.sbatch → time-limit signal: checkpoint + requeue → resume (time-based and
+  keep-every-N saves, a profiler window, the compile cache) → evaluate; every path in the bucket."""
+  env = cli_env({"WORLDMODEL_CACHE": str(tmp_path / "cache"), **_fake_slurm(tmp_path)})
   root = gcs.make_bucket("wm-e2e")
   data, run = f"{root}/data/bouncing", f"{root}/runs/tok"
-  r = run_cli(
-    "worldmodel.data.generate",
-    "--source=bouncing",
-    f"--out={data}",
-    "--episodes=24",
-    "--frames=8",
-    "--size=64",
-    env=env,
-  )
+  gen = ["--source=bouncing", f"--out={data}", "--episodes=24", "--frames=8", "--size=64"]
+  r = run_cli("worldmodel.data.generate", *gen, env=env)
   assert r.returncode == 0, r.stderr[-2000:]
   assert f"-> {data}" in r.stdout and "dataset_info.json" in storage.listdir(data)
 
-  # 8 steps, then a SIGTERM during a long run: it saves at the next step and exits 0.
-  cmd = _train_cmd(run, data, "--config.total_steps=100000", "--config.checkpoint.every_steps=100000")
+  cmd = ["bash", "launch/slurm.sbatch", "experiments/tokenizer.py:tiny", run, f"--config.data.dir={data}"]
+  cmd += ["--config.total_steps=100000", "--config.checkpoint.every_steps=100000", "--config.log_every_steps=5"]
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
   deadline, head = time.time() + 180, []
   for line in proc.stdout:
     head.append(line)
     if line.startswith("step 5/") or time.time() > deadline:
       break
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(signal.SIGUSR1)  # SLURM's warning before the time limit (--signal=B:USR1@120)
   out = "".join(head) + proc.communicate(timeout=120)[0]
-  assert proc.returncode == 0 and "SIGTERM: saved checkpoint at step" in out, out[-3000:]
-  saved = [int(s) for s in storage.listdir(f"{run}/checkpoints") if s.isdigit()]
-  assert len(saved) == 1 and saved[0] >= 5
+  assert proc.returncode == 0, out[-3000:]
+  assert "SIGTERM: saved checkpoint at step" in out and "requeueing job 4242" in out, out[-3000:]
+  assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+  (start,) = _ckpt_steps(run)
+  assert start >= 5
 
-  # Resume to step 20 from the bucket checkpoint: the second start loads its executable from the compile cache.
-  r = subprocess.run(_train_cmd(run, data), cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+  # The requeued job: same workdir, resumed; saves by the clock at every log step (every 2), keeps the newest one
+  # and multiples of 4; traces two steps.
+  extra = ["--config.log_every_steps=2", "--config.checkpoint.every_steps=100000", "--config.checkpoint.keep=1"]
+  extra += ["--config.checkpoint.keep_every=4", "--config.checkpoint.every_minutes=1e-9"]
+  extra += [f"--config.profile.start_step={start + 2}", "--config.profile.num_steps=2"]
+  r = run_cli(
+    "worldmodel.train",
+    "--config=experiments/tokenizer.py:tiny",
+    f"--workdir={run}",
+    f"--config.data.dir={data}",
+    *extra,
+    env=env,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
-  assert f"resumed from checkpoint step {saved[0]}" in r.stdout
+  assert f"resumed from checkpoint step {start}" in r.stdout and "compiled the train step in" in r.stdout
+  kept = {s for s in range(start, 21) if s % 4 == 0 and (s - start) % 2 == 0} | {20}
+  assert _ckpt_steps(run) == sorted(kept)
   rows = [json.loads(x) for x in storage.read_text(f"{run}/metrics.jsonl").splitlines()]
-  first = next(r for r in rows if r["step"] > saved[0])  # the first log row of a start reports its compile time
-  assert rows[-1]["step"] == 20 and {"compile_s", "mfu", "clips_per_s", "tflops_per_device"} <= set(first)
+  first = next(r for r in rows if r["step"] > start)  # a start's first log row carries its compile time
+  assert rows[-1]["step"] == 20 and {"compile_s", "params", "flops_per_step", "mfu", "clips_per_s"} <= set(first)
+  assert "compile_s" not in rows[-1] and all(r["mfu"] > 0 for r in rows)
   assert any(n.startswith("events.out.tfevents") for n in storage.listdir(f"{run}/tb"))
   assert storage.listdir(f"{run}/compile_cache")
+  assert [p for p in storage.filesystem(run).find(f"{run}/profile") if p.endswith(".xplane.pb")]
 
   r = run_cli("worldmodel.evaluate", f"--workdir={run}", "--split=test", env=env)
   assert r.returncode == 0, r.stderr[-3000:]

@@ -72,7 +72,7 @@ def filesystem(path: str):
     ) from None
   import fsspec
 
-  return fsspec.filesystem(s)
+  return fsspec.filesystem(s, use_listings_cache=False)  # other processes write the same bucket: list afresh
 
 
 def exists(path: str) -> bool:
