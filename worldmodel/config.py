@@ -72,6 +72,13 @@ def check_required(config: ml_collections.ConfigDict) -> None:
       node = node[part]
 
 
+def _optional(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  try:
+    return get(config, dotted)
+  except (KeyError, AttributeError):
+    return 0
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Cheap consistency checks that must fail before any compile."""
   check_required(config)
@@ -80,6 +87,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = get(config, key)
     if not isinstance(value, int) or value <= 0:
       raise ConfigError(f"config key {key!r} must be a positive integer, got {value!r}")
+  for key in ("checkpoint.every_minutes", "checkpoint.keep_every", "profile.start_step", "profile.num_steps"):
+    value = _optional(config, key)  # optional keys (issue 12), 0 = off
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+      raise ConfigError(f"config key {key!r} must be a number >= 0 (0: off), got {value!r}")
   for key in ("mesh.data", "mesh.fsdp", "mesh.tensor"):
     value = get(config, key)
     if not isinstance(value, int) or (value <= 0 and value != -1):

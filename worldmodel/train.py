@@ -4,7 +4,8 @@
 
   --config=FILE[:VARIANT]   an experiments/*.py file; VARIANT picks a preset (see the file's docstring)
   --config.KEY=VALUE        override one key, e.g. --config.batch_size=32 --config.model.quantizer.kind=vq
-  --workdir=DIR             where config.json, checkpoints/, metrics.jsonl and tb/ go
+  --workdir=DIR             where config.json, checkpoints/, metrics.jsonl, tb/ and compile_cache/ go; a local
+                            folder or a bucket URL (gs://bucket/runs/x; s3:// with the s3 extra)
 
 Re-running the same command resumes from the newest checkpoint in DIR. SIGTERM checkpoints and exits 0.
 Multi-host: start one process per host (see launch/); pass --coordinator_address/--num_processes/--process_id
@@ -28,7 +29,9 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
   _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file[:variant], e.g. experiments/tokenizer.py:tiny.", lock_config=True
   )
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, tb/, config.json.")
+  _WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory (local or gs://): checkpoints, metrics.jsonl, tb/, config.json."
+  )
   flags.mark_flags_as_required(["config", "workdir"])
 
 

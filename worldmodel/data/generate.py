@@ -36,7 +36,12 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
     "Where episodes come from. One of the registered sources, optionally with an "
     "argument after ':' (e.g. 'bouncing'). An unknown name lists the known ones.",
   )
-  flags.DEFINE_string("out", None, "Output dataset directory (created; must be empty or absent unless --overwrite).")
+  flags.DEFINE_string(
+    "out",
+    None,
+    "Output dataset directory (created; must be empty or absent unless --overwrite); a gs:// or s3:// URL "
+    "writes locally, then uploads.",
+  )
   flags.DEFINE_integer(
     "episodes", 100, "Total number of episodes, over all splits (video: ignored; the files decide).", lower_bound=1
   )
