@@ -13,10 +13,15 @@ QS_WORK ?= $(QS_DIR)/tokenizer
 
 install: $(STAMP)
 
+# ACCEL=cuda12 or ACCEL=tpu adds the accelerator jax wheels (extras in pyproject.toml); default: CPU jax.
+ACCEL ?=
+comma := ,
+EXTRAS := test,gcs$(if $(ACCEL),$(comma)$(ACCEL))
+
 $(STAMP): pyproject.toml
 	$(MAKE) --no-print-directory install-tcmalloc
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 quickstart: install
@@ -60,7 +65,7 @@ $(DMC_STAMP): $(STAMP)
 	if ldconfig -p | grep -q libEGL.so.1 && ldconfig -p | grep -q libEGL_mesa.so.0 \
 	    && ldconfig -p | grep -q libOSMesa.so; then echo "headless GL libraries present"; \
 	else $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DMC_APT); fi
-	$(PY) -m pip install -q -e ".[test,dmc,metrics,rlds]"
+	$(PY) -m pip install -q -e ".[$(EXTRAS),dmc,metrics,rlds]"
 	touch $(DMC_STAMP)
 
 bench: install

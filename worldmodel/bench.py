@@ -35,6 +35,7 @@ from ml_collections import config_flags
 from worldmodel import allocator
 from worldmodel import config as config_lib
 from worldmodel.parallel import distributed
+from worldmodel.perf import compiled_flops, measure_matmul_peak
 
 if __name__ == "__main__":  # flags only for the CLI: importing several CLI modules must not redefine them
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].", lock_config=True)
@@ -73,25 +74,6 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
   _CANDIDATES = flags.DEFINE_integer("candidates", 64, "--rollout: action sequences per CEM iteration.")
   _HORIZON = flags.DEFINE_integer("horizon", 4, "--rollout: predicted frames per CEM candidate.")
   flags.mark_flags_as_required(["config"])
-
-
-def measure_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-  """FLOP/s of a jitted n×n f32 matmul: the practical peak MFU is measured against."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    f(a).block_until_ready()
-    times.append(time.perf_counter() - t0)
-  return 2 * n**3 / float(np.median(times))
-
-
-def compiled_flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", float("nan")))
 
 
 def bench(config, steps: int, matmul_size: int = 2048) -> dict:

@@ -8,13 +8,14 @@ be read is skipped with a warning and the previous one is used.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+
+from worldmodel import storage
 
 ITEMS = ("state", "data", "config")
 
@@ -33,9 +34,12 @@ class CheckpointError(RuntimeError):
 
 
 class Checkpointer:
-  def __init__(self, directory: str, *, keep: int, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+  def __init__(self, directory: str, *, keep: int, async_save: bool = True, keep_every: int = 0):
+    self.directory = storage.absolute(directory)  # gs:// stays a URL: Orbax writes it through TensorStore
+    # keep_every: a checkpoint whose step is a multiple of it outlives max_to_keep (Orbax's keep_period).
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, keep_period=keep_every or None, enable_async_checkpointing=async_save, create=True
+    )
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
   def steps(self) -> list[int]:
@@ -93,7 +97,7 @@ def read_numpy(item_dir: str) -> Any:
   Needs no mesh and ignores the saved shardings, so a checkpoint written by 8 devices or 2 processes can be
   inspected or compared from a single-device process.
   """
-  item_dir = os.path.abspath(item_dir)  # Orbax's OCDBT reader refuses relative paths (and says so only in a log)
+  item_dir = storage.absolute(item_dir)  # Orbax's OCDBT reader refuses relative paths (and says so only in a log)
   checkpointer = ocp.PyTreeCheckpointer()
   meta = checkpointer.metadata(item_dir)
   tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
@@ -107,16 +111,18 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
 
 def read_newest(workdir: str, step: int | None = None) -> tuple[int, Any]:
   """(step, numpy state) of a workdir's newest (or given) checkpoint; falls back past unreadable ones."""
-  directory = os.path.join(workdir, "checkpoints")
+  directory = storage.join(workdir, "checkpoints")
   steps = (
-    sorted((int(p) for p in os.listdir(directory) if p.isdigit()), reverse=True) if os.path.isdir(directory) else []
+    sorted((int(p) for p in storage.listdir(directory) if p.isdigit()), reverse=True)
+    if storage.isdir(directory)
+    else []
   )
   if step is not None:
     steps = [s for s in steps if s == step]
   errors = []
   for s in steps:
     try:
-      return s, read_numpy(os.path.join(directory, str(s), "state"))
+      return s, read_numpy(storage.join(directory, str(s), "state"))
     except Exception as e:  # a torn or corrupt save: try the previous one
       errors.append(f"step {s}: {type(e).__name__}: {e}"[:300])
   raise CheckpointError(f"no readable checkpoint in {directory}" + (f" ({'; '.join(errors)})" if errors else ""))

@@ -7,7 +7,6 @@ Experiment configs are Python files in experiments/ with `get_config(arg)` retur
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any, Sequence
 
@@ -158,6 +157,13 @@ def check_required(config: ml_collections.ConfigDict) -> None:
       node = node[part]
 
 
+def _optional(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  try:
+    return get(config, dotted)
+  except (KeyError, AttributeError):
+    return 0
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Cheap consistency checks that must fail before any compile."""
   check_required(config)
@@ -166,6 +172,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = get(config, key)
     if not isinstance(value, int) or value <= 0:
       raise ConfigError(f"config key {key!r} must be a positive integer, got {value!r}")
+  for key in ("checkpoint.every_minutes", "checkpoint.keep_every", "profile.start_step", "profile.num_steps"):
+    value = _optional(config, key)  # optional keys (issue 12), 0 = off
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+      raise ConfigError(f"config key {key!r} must be a number >= 0 (0: off), got {value!r}")
   for key in ("mesh.data", "mesh.fsdp", "mesh.tensor"):
     value = get(config, key)
     if not isinstance(value, int) or (value <= 0 and value != -1):
@@ -190,21 +200,26 @@ def to_dict(config: ml_collections.ConfigDict) -> dict:
 
 
 def save_json(config: ml_collections.ConfigDict, workdir: str) -> str:
-  path = os.path.join(workdir, "config.json")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(to_dict(config), f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  from worldmodel import storage
+
+  path = storage.join(workdir, "config.json")
+  storage.write_text(path, json.dumps(to_dict(config), indent=2, sort_keys=True))
   return path
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-  """A workdir's config.json, with the keys added since it was written filled in once (`with_defaults`)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  """A workdir's config.json (local or in a bucket), with the keys added since it was written filled in once
+  (`with_defaults`)."""
+  from worldmodel import storage
+
+  path = storage.join(workdir, "config.json")
+  try:
+    storage.check_reachable(workdir)
+  except storage.StorageError as e:
+    raise ConfigError(str(e)) from None
+  if not storage.exists(path):
     raise ConfigError(f"{workdir} is not a worldmodel workdir: no config.json in it")
-  with open(path) as f:
-    return ml_collections.ConfigDict(with_defaults(_tuples(json.load(f))))
+  return ml_collections.ConfigDict(with_defaults(_tuples(json.loads(storage.read_text(path)))))
 
 
 def with_defaults(saved: dict) -> dict:
@@ -236,6 +251,9 @@ DEFAULTS = {
   "optim": {"schedule": "cosine", "decay_frac": 0.2, "weight_decay_end": None, "layer_decay": 1.0, "microbatches": 1},
   "eval": {"perceptual": "", "probes": True, "every_steps": 0, "train_split": "val", "train_max_clips": 64},
   "log": {"wandb": ""},
+  "checkpoint": {"every_minutes": 0.0, "keep_every": 0},
+  "compile_cache_dir": "",
+  "profile": {"start_step": 0, "num_steps": 0},
 }
 
 
@@ -288,7 +306,13 @@ def base_config(objective: str, *, num_frames: int, total_steps: int, batch_size
   c.init = dict(source="", key="", heads=0)
   # log.wandb: a Weights & Biases project ("PROJECT" or "ENTITY/PROJECT"; worldmodel/trackers.py); "": off.
   c.log = dict(wandb="")
-  c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
+  # checkpoint.every_minutes: also save at the first log step once this many minutes passed (0: off);
+  # keep_every: checkpoints at multiples of this step are kept beyond `keep` (0: off).
+  c.checkpoint = dict(every_steps=500, keep=3, async_save=True, every_minutes=0.0, keep_every=0)
+  # compile_cache_dir: persistent XLA compilation cache ('': WORKDIR/compile_cache, 'none': off).
+  c.compile_cache_dir = ""
+  # profile: a jax.profiler trace of steps [start_step, start_step + num_steps) into WORKDIR/profile (0 steps: off).
+  c.profile = dict(start_step=0, num_steps=0)
   c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn=dict(data=1, fsdp=1, tensor=1))  # dcn: cross-slice sizes
   # perceptual: tokenizer runs, 'lpips' and / or 'fvd' at evaluation (the [metrics] extra).
   # every_steps > 0: evaluation during training (worldmodel/eval_hook.py) on train_split, at most train_max_clips

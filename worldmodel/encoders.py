@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +23,7 @@ from flax import nnx
 
 from worldmodel import checkpoint as ckpt_lib
 from worldmodel import config as config_lib
-from worldmodel import objectives
+from worldmodel import objectives, storage
 from worldmodel.importers import vjepa
 from worldmodel.models import vit
 
@@ -71,15 +70,17 @@ def _workdir_encoder(workdir: str) -> tuple[int, dict, ml_collections.ConfigDict
 
 def _source_kind(path: str) -> str:
   """'export', 'workdir' or 'vjepa'; a clear error for anything else."""
-  if os.path.isdir(path):
-    if os.path.exists(os.path.join(path, "encoder.json")):
+  if storage.isdir(path):
+    if storage.exists(storage.join(path, "encoder.json")):
       return "export"
-    if os.path.exists(os.path.join(path, "config.json")):
+    if storage.exists(storage.join(path, "config.json")):
       return "workdir"
     raise ckpt_lib.CheckpointError(
       f"{path} is neither a worldmodel workdir (config.json) nor an encoder export (encoder.json)"
     )
   if path.endswith(vjepa.SUFFIXES):
+    if storage.is_remote(path):
+      raise ckpt_lib.CheckpointError(f"{path}: copy V-JEPA checkpoint files to a local path first")
     if not os.path.exists(path):
       raise ckpt_lib.CheckpointError(f"{path}: no such file")
     return "vjepa"
@@ -90,8 +91,7 @@ def _source_kind(path: str) -> str:
 
 
 def _export_config(path: str) -> ml_collections.ConfigDict:
-  with open(os.path.join(path, "encoder.json")) as f:
-    meta = json.load(f)
+  meta = json.loads(storage.read_text(storage.join(path, "encoder.json")))
   if meta.get("format") != EXPORT_FORMAT:
     raise ckpt_lib.CheckpointError(f"{path}/encoder.json is not a {EXPORT_FORMAT} export")
   return ml_collections.ConfigDict(meta["model"])
@@ -105,7 +105,7 @@ def read_encoder(
   kind = _source_kind(path)
   if kind == "export":
     m = _encoder_config(_export_config(path), frames, size)
-    return ckpt_lib.read_numpy(os.path.join(os.path.abspath(path), "weights")), m
+    return ckpt_lib.read_numpy(storage.join(storage.absolute(path), "weights")), m
   if kind == "workdir":
     _, weights, model = _workdir_encoder(path)
     return weights, _encoder_config(model, frames, size)
@@ -156,11 +156,11 @@ def export_encoder(workdir: str, out_dir: str) -> str:
   step, weights, model = _workdir_encoder(workdir)
   m = _encoder_config(model, None, None)
   vit.build(m, weights)  # checks names and shapes before anything is written
-  out_dir = os.path.abspath(out_dir)
-  os.makedirs(out_dir, exist_ok=True)
-  target = os.path.join(out_dir, "weights")
-  if os.path.exists(target):
-    shutil.rmtree(target)
+  out_dir = storage.absolute(out_dir)
+  storage.makedirs(out_dir)
+  target = storage.join(out_dir, "weights")
+  if storage.exists(target):
+    storage.rmtree(target)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(target, weights)
   checkpointer.wait_until_finished()
@@ -169,12 +169,10 @@ def export_encoder(workdir: str, out_dir: str) -> str:
     "format": EXPORT_FORMAT,
     "version": EXPORT_VERSION,
     "model": config_lib.to_dict(m),
-    "source": os.path.abspath(workdir),
+    "source": storage.absolute(workdir),
     "step": int(step),
   }
-  with open(os.path.join(out_dir, "encoder.json.tmp"), "w") as f:
-    json.dump(meta, f, indent=2, sort_keys=True)
-  os.replace(os.path.join(out_dir, "encoder.json.tmp"), os.path.join(out_dir, "encoder.json"))
+  storage.write_text(storage.join(out_dir, "encoder.json"), json.dumps(meta, indent=2, sort_keys=True))
   return out_dir
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from absl import app, flags
 
 from worldmodel import config as config_lib
+from worldmodel import storage
 from worldmodel.parallel import distributed
 
 if __name__ == "__main__":  # flags only for the CLI: importing several CLI modules must not redefine them
@@ -87,11 +88,11 @@ def evaluate(
     mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
   rt = runtime_lib.build(config, mesh)
   rt.objective.check_data(config, pipeline.frame_size(config.data))
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+  ckpt = ckpt_lib.Checkpointer(storage.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
   step, state, _ = ckpt.restore(rt.abstract_state, step)
   ckpt.close()
 
-  out_dir = out_dir or os.path.join(workdir, "eval", str(step))
+  out_dir = storage.absolute(out_dir or storage.join(workdir, "eval", str(step)))
   result = evaluate_state(
     rt,
     state,
@@ -150,9 +151,12 @@ def evaluate_state(
     print(flush=True)
   if not lead:
     return {}
-  result = {"step": step, "split": split, "data": config.data.dir, **evaluator.finish(out_dir, num_clips)}
-  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+  mirror = storage.Mirror(out_dir)  # media and plots are written locally, then uploaded for a bucket
+  result = {"step": step, "split": split, "data": config.data.dir, **evaluator.finish(mirror.local, num_clips)}
+  result = json.loads(json.dumps(result).replace(mirror.local, out_dir))  # report where the files end up
+  with open(os.path.join(mirror.local, "metrics.json"), "w") as f:
     json.dump(result, f, indent=2)
+  mirror.close()
   return result
 
 
@@ -173,10 +177,12 @@ def _gather(out: dict) -> dict:
 def _tensorboard(workdir: str, split: str, step: int, result: dict) -> None:
   from tensorboardX import SummaryWriter
 
-  with SummaryWriter(os.path.join(workdir, "tb", f"eval_{split}")) as tb:
+  mirror = storage.Mirror(storage.join(workdir, "tb", f"eval_{split}"))
+  with SummaryWriter(mirror.local) as tb:
     for k, v in result.items():
       if isinstance(v, (int, float)) and not isinstance(v, bool):
         tb.add_scalar(k, v, step)
+  mirror.close()
 
 
 def _print_table(result: dict, out_dir: str) -> None:
@@ -192,7 +198,7 @@ def _print_table(result: dict, out_dir: str) -> None:
   print(f"{'metric':<{width}}  value")
   for k, v in scalars.items():
     print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-  print(f"wrote {os.path.join(out_dir, 'metrics.json')}")
+  print(f"wrote {storage.join(out_dir, 'metrics.json')}")
   for name, path in result.get("media", {}).items():
     print(f"  {name}: {path}")
 
@@ -203,7 +209,7 @@ def evaluate_all_steps(workdir: str, **kwargs) -> dict:
   from worldmodel import media
 
   config = config_lib.load_workdir_config(workdir)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+  ckpt = ckpt_lib.Checkpointer(storage.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
   steps = ckpt.steps()
   ckpt.close()
   if not steps:
@@ -211,8 +217,8 @@ def evaluate_all_steps(workdir: str, **kwargs) -> dict:
   rows = [evaluate(workdir, step=s, **kwargs) for s in steps]
   if jax.process_index():
     return {}
-  out_dir = os.path.join(workdir, "eval", "all_steps")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = storage.join(workdir, "eval", "all_steps")
+  mirror = storage.Mirror(out_dir)
   keys = [k for k, v in rows[-1].items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"]
   series = {k: [r.get(k, float("nan")) for r in rows] for k in keys}
   # Numbers that are the same at every step (clip count, codebook size, nominal bits per pixel) are metadata: kept in
@@ -221,7 +227,7 @@ def evaluate_all_steps(workdir: str, **kwargs) -> dict:
   series = {k: v for k, v in series.items() if k not in constant}
   plots = {
     k: media.plot_curves(
-      os.path.join(out_dir, k.replace("/", "_") + ".png"),
+      os.path.join(mirror.local, k.replace("/", "_") + ".png"),
       {k: np.asarray(v)},
       "checkpoint step",
       k,
@@ -231,9 +237,11 @@ def evaluate_all_steps(workdir: str, **kwargs) -> dict:
     for k, v in series.items()
   }
   result = {"steps": steps, "metrics": series, "constant": constant, "plots": plots}
-  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+  result = json.loads(json.dumps(result).replace(mirror.local, out_dir))
+  with open(os.path.join(mirror.local, "metrics.json"), "w") as f:
     json.dump(result, f, indent=2)
-  print(f"wrote {os.path.join(out_dir, 'metrics.json')} and {len(plots)} plots")
+  mirror.close()
+  print(f"wrote {storage.join(out_dir, 'metrics.json')} and {len(plots)} plots")
   return result
 
 

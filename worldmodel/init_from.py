@@ -14,17 +14,18 @@ import jax
 import jax.numpy as jnp
 
 from worldmodel import checkpoint as ckpt_lib
+from worldmodel import storage
 from worldmodel.importers import vjepa
 
 
 def source_tree(src: str, config) -> tuple[dict, str]:
   """{"params": {...}, "extra": {...}} of the source, and a description of where it came from."""
-  if os.path.isdir(src):
+  if storage.isdir(src):
     step, saved = ckpt_lib.read_newest(src)
     return {"params": saved.get("params", {}), "extra": saved.get("extra", {})}, f"{src} (step {step})"
   if src.endswith(vjepa.SUFFIXES):
-    if not os.path.exists(src):
-      raise ckpt_lib.CheckpointError(f"init.source {src}: no such file")
+    if storage.is_remote(src) or not os.path.exists(src):
+      raise ckpt_lib.CheckpointError(f"init.source {src}: no such local file (copy V-JEPA files from buckets first)")
     weights = vjepa.encoder_weights(src, config.model, key=config.init.key or None)
     return {"params": {"encoder": weights}, "extra": {"target_encoder": weights}}, src
   raise ckpt_lib.CheckpointError(

@@ -30,6 +30,7 @@ import numpy as np
 from absl import app, flags
 
 from worldmodel import config as config_lib
+from worldmodel import storage
 
 if __name__ == "__main__":  # flags only for the CLI: importing several CLI modules must not redefine them
   _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of an action-conditioned run (experiments/ac.py).")
@@ -86,7 +87,7 @@ def load_world_model(workdir: str, step: int | None = None):
       f"{'THIS_WORKDIR' if config.objective == 'jepa' else 'JEPA_WORKDIR'} --workdir=AC_WORKDIR"
     )
   rt = runtime_lib.build(config)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+  ckpt = ckpt_lib.Checkpointer(storage.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
   step, state, _ = ckpt.restore(rt.abstract_state, step)
   ckpt.close()
   return step, config, rt.model(state)
@@ -238,8 +239,8 @@ def run(
       flush=True,
     )
 
-  out_dir = out_dir or os.path.join(workdir, "plan", str(step) if dynamics == "model" else f"{step}-{dynamics}")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = out_dir or storage.join(workdir, "plan", str(step) if dynamics == "model" else f"{step}-{dynamics}")
+  mirror = storage.Mirror(out_dir)  # written locally, uploaded for a bucket
   plan_s = np.concatenate([p["plan_seconds"][1:] for p in planned if len(p["plan_seconds"]) > 1] or [[np.nan]])
   result = {
     "step": step,
@@ -267,9 +268,9 @@ def run(
   video = np.stack([media.side_by_side([f[None], g[None]])[0] for f, g in zip(first["frames_THWC"], goal)])
   video = media.caption(video, ["observed", "goal"])
   result["media"] = {
-    "episode_mp4": media.write_mp4(os.path.join(out_dir, "episode0_obs_vs_goal.mp4"), video, fps=10, scale=3),
+    "episode_mp4": media.write_mp4(os.path.join(mirror.local, "episode0_obs_vs_goal.mp4"), video, fps=10, scale=3),
     "distance_png": media.plot_curves(
-      os.path.join(out_dir, "distance.png"),
+      os.path.join(mirror.local, "distance.png"),
       {
         "planned": np.mean([p["distance_T"] for p in planned], 0),
         "random": np.mean([r["distance_T"] for r in random], 0),
@@ -279,10 +280,12 @@ def run(
       f"{env_name}: mean over {episodes} episodes",
     ),
   }
-  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+  result = json.loads(json.dumps(result).replace(mirror.local, out_dir))
+  with open(os.path.join(mirror.local, "metrics.json"), "w") as f:
     json.dump(result, f, indent=2)
+  mirror.close()
   print(json.dumps({k: v for k, v in result.items() if k != "media"}))
-  print(f"wrote {os.path.join(out_dir, 'metrics.json')}")
+  print(f"wrote {storage.join(out_dir, 'metrics.json')}")
   return result
 
 

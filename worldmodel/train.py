@@ -4,7 +4,8 @@
 
   --config=FILE[:VARIANT]   an experiments/*.py file; VARIANT picks a preset (see the file's docstring)
   --config.KEY=VALUE        override one key, e.g. --config.batch_size=32 --config.model.quantizer.kind=vq
-  --workdir=DIR             where config.json, checkpoints/, metrics.jsonl and tb/ go
+  --workdir=DIR             where config.json, checkpoints/, metrics.jsonl, tb/ and compile_cache/ go; a local
+                            folder or a bucket URL (gs://bucket/runs/x; s3:// with the s3 extra)
   --print_config            print the resolved config (file + overrides) and exit
   --list_variants           list the config file's variants and exit (same as --config=FILE:help)
 
@@ -31,7 +32,9 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
   _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file[:variant], e.g. experiments/tokenizer.py:tiny.", lock_config=True
   )
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, tb/, config.json.")
+  _WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory (local or gs://): checkpoints, metrics.jsonl, tb/, config.json."
+  )
   _PRINT = flags.DEFINE_bool("print_config", False, "Print the config with every override applied, then exit.")
   _VARIANTS = flags.DEFINE_bool(
     "list_variants", False, "List the --config file's variants (its docstring), then exit; or --config=FILE:help."

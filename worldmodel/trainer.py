@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 
 from worldmodel import checkpoint as ckpt_lib
 from worldmodel import config as config_lib
-from worldmodel import eval_hook, metrics, objectives, trackers
+from worldmodel import eval_hook, metrics, objectives, perf, storage, trackers
 from worldmodel import runtime as runtime_lib
 from worldmodel.data import pipeline, prefetch, records
 from worldmodel.parallel import mesh as mesh_lib
@@ -34,6 +34,8 @@ class TrainError(RuntimeError):
 def preflight(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, list]:
   """(dataset metadata, the train split's opened sources, handed on to the pipeline) once every check passed."""
   config_lib.validate(config)
+  for path in (workdir, config.init.source):  # a missing bucket / storage extra: fail first
+    storage.check_reachable(path)
   objective = objectives.get(config.objective)
   objective.resolve_config(config)  # fills keys derived from other runs / the data (saved in config.json)
   objective.check_config(config)
@@ -51,11 +53,10 @@ def preflight(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, li
 
 def _check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   """A workdir that holds another model's checkpoints is never overwritten."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = storage.join(workdir, "config.json")
+  if not storage.exists(path):
     return
-  with open(path) as f:
-    old = config_lib.model_signature(json.load(f))
+  old = config_lib.model_signature(json.loads(storage.read_text(path)))
   new = config_lib.model_signature(json.loads(json.dumps(config_lib.to_dict(config))))
   if old != new:
     diffs = _diff(old, new)
@@ -78,15 +79,18 @@ def _diff(a, b, prefix=""):
 # Logging: console (process 0), metrics.jsonl, TensorBoard.
 # ---------------------------------------------------------------------------------------------------------------
 class MetricWriter:
+  """metrics.jsonl and tb/ are written to a local mirror of the workdir, uploaded after each write for a bucket."""
+
   def __init__(self, workdir: str, total_steps: int):
     self.lead = jax.process_index() == 0
     self.total = total_steps
-    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.lead else None
-    self.tb = None
+    self.jsonl = self.tb = None
+    self.mirror = storage.Mirror(workdir, pull=("metrics.jsonl",)) if self.lead else None
     if self.lead:
       from tensorboardX import SummaryWriter
 
-      self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+      self.jsonl = open(os.path.join(self.mirror.local, "metrics.jsonl"), "a")
+      self.tb = SummaryWriter(os.path.join(self.mirror.local, "tb"))
 
   def write(self, step: int, scalars: dict, *, steps_per_s: float | None = None) -> None:
     if not self.lead:
@@ -97,15 +101,20 @@ class MetricWriter:
     for k, v in scalars.items():
       self.tb.add_scalar(k, float(v), step)
     self.tb.flush()
+    self.mirror.sync()
     if steps_per_s:
-      eta = (self.total - step) / steps_per_s
+      eta = (self.total - step) / steps_per_s  # steps/s is measured without compilation
       shown = " | ".join(f"{k} {float(scalars[k]):.4g}" for k in ("loss", "psnr", "grad_norm") if k in scalars)
-      print(f"step {step}/{self.total} | {shown} | {steps_per_s:.2f} steps/s | ETA {_hms(eta)}", flush=True)
+      speed = f"{steps_per_s:.2f} steps/s | {scalars.get('clips_per_s', 0):.1f} clips/s"
+      if math.isfinite(scalars.get("mfu", math.nan)):
+        speed += f" | MFU {100 * scalars['mfu']:.1f}%"
+      print(f"step {step}/{self.total} | {shown} | {speed} | ETA {_hms(eta)}", flush=True)
 
   def close(self) -> None:
     if self.lead:
       self.jsonl.close()
       self.tb.close()
+      self.mirror.close()
 
 
 def _hms(seconds: float) -> str:
@@ -151,8 +160,10 @@ class _Preemption:
 # The loop.
 # ---------------------------------------------------------------------------------------------------------------
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  workdir = storage.absolute(workdir)
   meta, sources = preflight(config, workdir)
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
+  perf.enable_compile_cache(config, workdir)
   rt = runtime_lib.build(config)
   lead = jax.process_index() == 0
   if lead:
@@ -161,8 +172,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       flush=True,
     )
 
+  c = config.checkpoint
   ckpt = ckpt_lib.Checkpointer(
-    os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
+    storage.join(workdir, "checkpoints"), keep=c.keep, async_save=c.async_save, keep_every=c.keep_every
   )
   state, start, data_state = _restore_or_init(rt, ckpt)
   evals = eval_hook.EvalHook(config, workdir)
@@ -185,9 +197,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
   )
   data = prefetch.to_device(host_data, rt.mesh, config.data.device_prefetch)  # copies overlap the step
-  writer = trackers.Writers(MetricWriter(workdir, config.total_steps), config, workdir)  # + W&B when log.wandb
+  metric_writer = MetricWriter(workdir, config.total_steps)
+  writer = trackers.Writers(metric_writer, config, workdir)  # + W&B when log.wandb
   if evals.resumed(start, data_state):  # due at the restored step but not run before that save
     evals.run(rt, state, start, writer)
+  profiler = perf.Profiler(config.profile, os.path.join(metric_writer.mirror.local, "profile") if lead else None)
+  clock = perf.SaveClock(c.every_minutes)
+  step_fn, info = None, {}
   preempt = _Preemption()
   cfg_dict = config_lib.to_dict(config)
   last = {}
@@ -198,13 +214,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       t0 = time.time()
       batch = _next_batch(data, step)
       wait_s += time.time() - t0
-      state, logs = rt.train_step(state, batch)
+      if step_fn is None:  # compiled ahead of time: its time is reported, and kept out of steps/s and the ETA
+        t_compile = time.time()
+        step_fn, info = perf.compile_step(rt, state, batch)
+        t_mark += time.time() - t_compile
+        _print_startup(info, lead)
+      profiler.before_step(step)
+      state, logs = step_fn(state, batch)
       step += 1
+      if profiler.after_step(step, logs) and lead:
+        metric_writer.mirror.sync()
 
       # Read once: a SIGTERM landing between the save decision and the exit check must not exit unsaved.
       stop = preempt.should_stop(step)
       due_log = step % config.log_every_steps == 0 or step == config.total_steps
-      due_ckpt = step % config.checkpoint.every_steps == 0 or step == config.total_steps or stop
+      due_ckpt = step % c.every_steps == 0 or step == config.total_steps or stop or (due_log and clock.due())
       if due_log or due_ckpt:
         last = host_scalars(logs)
         _check_finite(last, step)
@@ -212,6 +236,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         now = time.time()
         rate = (step - steps_mark) / max(now - t_mark, 1e-9)
         last["data_wait_frac"] = wait_s / max(now - t_mark, 1e-9)
+        last.update(perf.rate_scalars(info, step - steps_mark, now - t_mark, config.batch_size))
+        last.update({k: info[k] for k in ("compile_s", "params", "flops_per_step") if steps_mark == start})
         writer.write(step, last, steps_per_s=rate)
         warnings = metrics.collapse_warnings(last)
         if warnings and lead:
@@ -233,15 +259,27 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           cfg_dict,
           force=True,
         )
+        clock.saved()
       if stop:
         print(f"SIGTERM: saved checkpoint at step {step}; exiting", flush=True)
         break
   finally:
     getattr(data, "close", lambda: None)()
+    profiler.close()
     preempt.restore()
     ckpt.close()
     writer.close()
   return {"step": step, **last}
+
+
+def _print_startup(info: dict, lead: bool) -> None:
+  if lead:
+    print(
+      f"compiled the train step in {info['compile_s']:.1f} s | {info['params'] / 1e6:.2f} M params | "
+      f"{info['flops_per_step'] / 1e9:.3g} GFLOP per step per device | peak {info['peak_flops'] / 1e12:.3g} "
+      f"TFLOP/s per device ({info['peak_source']})",
+      flush=True,
+    )
 
 
 def _restore_or_init(rt: runtime_lib.Runtime, ckpt: ckpt_lib.Checkpointer):

@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 import numpy as np
 from absl import app, flags, logging
 
+from worldmodel import storage
 from worldmodel.data import records
 
 FLAGS = flags.FLAGS
@@ -35,7 +36,12 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
     "Where episodes come from. One of the registered sources, optionally with an "
     "argument after ':' (e.g. 'bouncing'). An unknown name lists the known ones.",
   )
-  flags.DEFINE_string("out", None, "Output dataset directory (created; must be empty or absent unless --overwrite).")
+  flags.DEFINE_string(
+    "out",
+    None,
+    "Output dataset directory (created; must be empty or absent unless --overwrite); a gs:// or s3:// URL "
+    "writes locally, then uploads.",
+  )
   flags.DEFINE_integer(
     "episodes", 100, "Total number of episodes, over all splits (video: ignored; the files decide).", lower_bound=1
   )
@@ -277,7 +283,16 @@ def _user_error_in(e: BaseException | None) -> UserError | None:
 
 
 def _prepare_out(out: str, overwrite: bool) -> str:
-  """Checks OUT and returns a fresh temp dir beside it (same filesystem, so rename is atomic)."""
+  """Checks OUT and returns a fresh temp dir beside it (same filesystem, so rename is atomic); for a bucket URL, a
+  local temp dir that is uploaded when complete."""
+  if storage.is_remote(out):
+    try:
+      storage.check_reachable(out)
+      if storage.isdir(out) and storage.listdir(out) and not overwrite:
+        raise UserError(f"--out={out} is not empty; pass --overwrite to replace it")
+    except storage.StorageError as e:
+      raise UserError(str(e)) from None
+    return tempfile.mkdtemp(prefix="worldmodel-generate-")
   out = os.path.abspath(out)
   if os.path.isfile(out):
     raise UserError(f"--out={out} is a file, not a directory")
@@ -325,6 +340,10 @@ def generate(
   meta = {"source": source_spec, "frames": cfg.frames, "size": cfg.size, "seed": seed, **source.meta}
   try:
     records.write_dataset(tmp, splits, meta)
+    if storage.is_remote(out):
+      storage.rmtree(out)
+      storage.upload(tmp, out)
+      return counts
     out = os.path.abspath(out)
     if os.path.exists(out):
       shutil.rmtree(out)
@@ -385,7 +404,7 @@ def main(argv):
   frames = f">= {cfg.frames}" if FLAGS.source.startswith("video:") else f"{cfg.frames}"
   print(
     f"wrote {sum(counts.values())} episodes ({per_split}) x {frames} frames "
-    f"of {cfg.size}x{cfg.size} in {time.time() - start:.1f} s -> {os.path.abspath(FLAGS.out)}"
+    f"of {cfg.size}x{cfg.size} in {time.time() - start:.1f} s -> {storage.absolute(FLAGS.out)}"
   )
   if skipped:
     print(_skip_summary(skipped))

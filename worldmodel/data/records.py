@@ -28,6 +28,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import tqdm_utils
 
+from worldmodel import storage
+
 FORMAT_VERSION = 1
 BUILDER_NAME = "worldmodel_episodes"
 META_FILE = "worldmodel.json"
@@ -175,6 +177,22 @@ def _derived_meta(features, episode: dict | None = None) -> dict:
   }
 
 
+def local_dir(data_dir: str) -> str:
+  """The local folder to read `data_dir` from: itself, or for a gs:// / s3:// dataset a cached copy (ArrayRecord
+  reads local files only). Errors name the URL: a missing bucket or dataset fails here, before any compile."""
+  if not storage.is_remote(data_dir):
+    return data_dir
+  try:
+    storage.check_reachable(data_dir)
+    if not storage.exists(storage.join(data_dir, "dataset_info.json")):
+      if not storage.isdir(data_dir):
+        raise DatasetError(f"{data_dir}: dataset directory does not exist")
+      raise DatasetError(f"{data_dir}: not a worldmodel/TFDS dataset: no dataset_info.json")
+    return storage.local_copy(data_dir)
+  except storage.StorageError as e:
+    raise DatasetError(str(e)) from None
+
+
 def _check_dir(data_dir: str) -> None:
   if not os.path.isdir(data_dir):
     raise DatasetError(f"{data_dir}: dataset directory does not exist")
@@ -186,6 +204,7 @@ def _check_dir(data_dir: str) -> None:
 
 
 def _builder(data_dir: str):
+  data_dir = local_dir(data_dir)
   _check_dir(data_dir)
   try:
     return tfds.builder_from_directory(data_dir)
@@ -195,6 +214,7 @@ def _builder(data_dir: str):
 
 def read_meta(data_dir: str, features: dict | None = None) -> dict:
   """worldmodel.json, or the same keys derived from the dataset itself if it is missing."""
+  data_dir = local_dir(data_dir)
   path = os.path.join(data_dir, META_FILE)
   if os.path.exists(path):
     _check_dir(data_dir)
@@ -233,6 +253,7 @@ def open_split(data_dir: str, split: str, features: dict | None = None) -> "Epis
   {"video": "steps/observation/image", "action": "steps/action"}; nested features and per-step
   `tfds.features.Dataset` sequences are flattened to "a/b/c" keys and stacked over time.
   """
+  data_dir = local_dir(data_dir)
   info = _builder(data_dir).info
   declared = read_meta(data_dir).get("splits", {}) if os.path.exists(os.path.join(data_dir, META_FILE)) else {}
   if split not in info.splits:
