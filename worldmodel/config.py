@@ -7,6 +7,7 @@ Experiment configs are Python files in experiments/ with `get_config(arg)` retur
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, Sequence
 
