@@ -11,13 +11,13 @@ Results and media of each evaluation: WORKDIR/eval/train_<split>/<step>/.
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import jax
 import ml_collections
 
 from worldmodel import config as config_lib
+from worldmodel import storage
 
 DEFAULTS = dict(every_steps=0, train_split="val", train_max_clips=64, train_probes=False)
 
@@ -68,7 +68,7 @@ class EvalHook:
 
     config = self._eval_config()
     split = self.s["train_split"]
-    out_dir = os.path.join(self.workdir, "eval", f"train_{split}", str(step))
+    out_dir = storage.join(self.workdir, "eval", f"train_{split}", str(step))
     t0 = time.time()
     result = evaluate.evaluate_state(
       rt,
@@ -110,9 +110,8 @@ def read_rows(workdir: str, split: str = "val") -> list[dict]:
   """The in-training evaluation rows of a run's metrics.jsonl (what tests and notebooks plot)."""
   prefix = f"eval_{split}/"
   rows = []
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      row = json.loads(line)
-      if any(k.startswith(prefix) for k in row):
-        rows.append({"step": row["step"], **{k[len(prefix) :]: v for k, v in row.items() if k.startswith(prefix)}})
+  for line in storage.read_text(storage.join(workdir, "metrics.jsonl")).splitlines():
+    row = json.loads(line)
+    if any(k.startswith(prefix) for k in row):
+      rows.append({"step": row["step"], **{k[len(prefix) :]: v for k, v in row.items() if k.startswith(prefix)}})
   return rows

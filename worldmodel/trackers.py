@@ -17,6 +17,7 @@ import jax
 import ml_collections
 
 from worldmodel import config as config_lib
+from worldmodel import storage
 
 
 def wandb_settings(config: ml_collections.ConfigDict) -> dict | None:
@@ -80,14 +81,16 @@ class Writers:
 def _wandb_run(settings: dict, config: ml_collections.ConfigDict, workdir: str):
   import wandb
 
-  id_path = os.path.join(workdir, "wandb_run_id")
-  if os.path.exists(id_path):
-    run_id = open(id_path).read().strip()
+  id_path = storage.join(workdir, "wandb_run_id")
+  if storage.exists(id_path):
+    run_id = storage.read_text(id_path).strip()
   else:
     run_id = secrets.token_hex(4)  # W&B run ids: short [a-z0-9]
-    with open(id_path, "w") as f:
-      f.write(run_id + "\n")
-  settings = {"name": os.path.basename(os.path.normpath(workdir)), **settings}
+    storage.write_text(id_path, run_id + "\n")
+  settings = {"name": storage.basename(workdir.rstrip("/")), **settings}
+  # W&B keeps its files in a local folder: the workdir, or a cache folder for a bucket workdir.
+  local = os.path.join(storage.cache_root(), "wandb") if storage.is_remote(workdir) else workdir
+  os.makedirs(local, exist_ok=True)
   return wandb.init(
-    id=run_id, resume="allow", dir=workdir, config=config_lib.to_dict(config), reinit="finish_previous", **settings
+    id=run_id, resume="allow", dir=local, config=config_lib.to_dict(config), reinit="finish_previous", **settings
   )
