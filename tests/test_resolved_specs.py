@@ -17,7 +17,7 @@ from jax.sharding import AbstractMesh, Mesh
 from jax.sharding import PartitionSpec as P
 from test_partitioning import GOLDEN, _config
 
-from worldmodel import runtime
+from worldmodel import objectives
 from worldmodel.parallel import fsdp_split
 from worldmodel.parallel import mesh as mesh_lib
 
@@ -31,7 +31,7 @@ TOPOLOGIES = {  # (data, fsdp, tensor)
 
 def _abstract(name, variant):
   config = _config(name, variant)
-  objective = runtime.get_objective(config.objective)
+  objective = objectives.get(config.objective)
   _, variables = nnx.split(nnx.eval_shape(lambda: objective.create_model(config, nnx.Rngs(0))))
   return variables, nnx.to_pure_dict(nnx.get_partition_spec(variables))
 
