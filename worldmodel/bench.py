@@ -8,7 +8,7 @@
 Without --config.data.dir a small embedded dataset of the config's frame size is generated in a temp folder, so the
 loader is part of the measurement. Prints progress, then one JSON line last:
   step_time_s (median), clips_per_s, flops_per_step (XLA cost analysis of the compiled step), peak_flops_per_s
-  (an f32 matmul measured in this process), mfu, data_wait_frac, compile_s, ...
+  (a matmul in the model's dtype measured in this process), mfu, data_wait_frac, compile_s, ...
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ from worldmodel.perf import compiled_flops, measure_matmul_peak
 if __name__ == "__main__":  # flags only for the CLI: importing several CLI modules must not redefine them
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].", lock_config=True)
   _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step that compiles).")
-  _MATMUL = flags.DEFINE_integer("matmul_size", 2048, "Side of the square f32 matmul used to measure peak FLOP/s.")
+  _MATMUL = flags.DEFINE_integer(
+    "matmul_size", 2048, "Side of the square matmul (model.dtype) used to measure peak FLOP/s."
+  )
   _LOADER = flags.DEFINE_list(
     "loader_workers",
     [],
@@ -113,7 +115,8 @@ def bench(config, steps: int, matmul_size: int = 2048) -> dict:
     waits.append(t1 - t0)
     step_times.append(t2 - t0)
     print(f"step {i + 1}/{steps}: {t2 - t0:.3f}s (data {t1 - t0:.3f}s)", flush=True)
-  peak = measure_matmul_peak(matmul_size)
+  dtype = config_lib.canonical_dtype("model.dtype", config.model.dtype)  # the step's compute dtype: its peak, here
+  peak = measure_matmul_peak(matmul_size, dtype=dtype)
   step_time = float(np.median(step_times))
   result = {
     "config": config.model.name,
@@ -125,6 +128,7 @@ def bench(config, steps: int, matmul_size: int = 2048) -> dict:
     "flops_per_step": flops,
     "achieved_flops_per_s": flops / step_time,
     "peak_flops_per_s": peak,
+    "peak_dtype": dtype,
     "mfu": flops / step_time / peak,
     "data_wait_frac": float(np.sum(waits) / np.sum(step_times)),
     "compile_s": compile_s,
@@ -273,6 +277,7 @@ def main(argv):
   distributed.start(argv)
   config = _CONFIG.value
   try:
+    config_lib.normalize_dtypes(config.model)  # 'bf16' → 'bfloat16', as train does
     config_lib.validate(config) if config.data.dir else None
   except config_lib.ConfigError as e:
     config_lib.die(str(e))

@@ -53,9 +53,10 @@ def compiled_flops(compiled) -> float:
   return float((cost or {}).get("flops", float("nan")))
 
 
-def measure_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-  """FLOP/s of a jitted n×n f32 matmul: the practical peak MFU is measured against where no table entry fits."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+def measure_matmul_peak(n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
+  """FLOP/s of a jitted n×n matmul in `dtype` (the dtype the measured program computes in): the practical peak MFU
+  is measured against where no table entry fits. XLA:CPU's bf16 and f32 peaks differ by host (BUILD_NOTES)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
   times = []
@@ -81,7 +82,7 @@ def device_peak(dtype: str = "float32") -> tuple[float, str]:
   if peak_for(kind, dtype):
     return peak_for(kind, dtype), f"{kind} {dtype} data sheet"
   if jax.default_backend() == "cpu":  # fake CPU devices share the host's cores
-    return measure_matmul_peak(1024, 5) / jax.local_device_count(), "measured f32 matmul / local devices"
+    return measure_matmul_peak(1024, 5, dtype) / jax.local_device_count(), f"measured {dtype} matmul / local devices"
   return float("nan"), f"unknown device {kind!r}"
 
 
