@@ -4,7 +4,7 @@ Array names end in their shape, one letter per axis (`video_BTHWC`, `tokens_BND`
   B batch (clips)              T time (frames; or time slots of tubelets)    H, W height, width    C channels
   N tokens of a clip           D feature width                               M masked / target tokens
   L sequence length            Q, K query and key positions (attention)     S state dimensions
-  A action dimensions
+  A action dimensions           E width of one attention head (D / heads)
 Planning (planning.py, plan.py) counts candidate action sequences with N and their horizon with H; there tokens are
 P, observed context frames C and encoded frames F. Objectives: worldmodel/objectives/base.py holds the contract.
 

@@ -18,25 +18,25 @@ from worldmodel.models.attention_backends import FrameCausal  # noqa: F401 - re-
 NEG_INF = -1e30
 
 
-def dot_product_attention(q_BQHK, k_BKHK, v_BKHK, *, mask=None, causal: bool = False) -> jax.Array:
-  """softmax(q·kᵀ/√d + mask) · v, shapes [B, L, H, K]; `mask` boolean broadcastable to [B, H, Q, K], or a
+def dot_product_attention(q_BQHE, k_BKHE, v_BKHE, *, mask=None, causal: bool = False) -> jax.Array:
+  """softmax(q·kᵀ/√d + mask) · v, shapes [B, L, H, E]; `mask` boolean broadcastable to [B, H, Q, K], or a
   structured `FrameCausal`. The kernel is chosen per backend and `model.attention` (attention_backends.choose)."""
-  impl, why = backends.choose(q_BQHK, k_BKHK, mask, causal)
+  impl, why = backends.choose(q_BQHE, k_BKHE, mask, causal)
   if why:
     backends.log_fallback(why)
   if impl == "cudnn":
-    return backends.cudnn_attention(q_BQHK, k_BKHK, v_BKHK, mask=mask, causal=causal)
+    return backends.cudnn_attention(q_BQHE, k_BKHE, v_BKHE, mask=mask, causal=causal)
   if impl == "splash":
-    return backends.splash_attention(q_BQHK, k_BKHK, v_BKHK, mask=mask, causal=causal)
-  mask = backends.dense_mask(mask, q_BQHK.shape[1], k_BKHK.shape[1])
+    return backends.splash_attention(q_BQHE, k_BKHE, v_BKHE, mask=mask, causal=causal)
+  mask = backends.dense_mask(mask, q_BQHE.shape[1], k_BKHE.shape[1])
   if impl == "xla":
-    return jax.nn.dot_product_attention(q_BQHK, k_BKHK, v_BKHK, mask=mask, is_causal=causal)
+    return jax.nn.dot_product_attention(q_BQHE, k_BKHE, v_BKHE, mask=mask, is_causal=causal)
   if causal:
-    Q, K = q_BQHK.shape[1], k_BKHK.shape[1]
+    Q, K = q_BQHE.shape[1], k_BKHE.shape[1]
     tril = jnp.tril(jnp.ones((Q, K), bool), K - Q)[None, None]
     mask = tril if mask is None else mask & tril
   bias = None if mask is None else jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)
-  return _attention(q_BQHK, k_BKHK, v_BKHK, bias) if bias is not None else _attention_nobias(q_BQHK, k_BKHK, v_BKHK)
+  return _attention(q_BQHE, k_BKHE, v_BKHE, bias) if bias is not None else _attention_nobias(q_BQHE, k_BKHE, v_BKHE)
 
 
 def _logits(q, k, bias):

@@ -60,7 +60,7 @@ def fallback_reasons() -> set[str]:
   return set(_logged)
 
 
-def choose(q_BQHK, k_BKHK, mask, causal: bool, backend: str | None = None) -> tuple[str, str | None]:
+def choose(q_BQHE, k_BKHE, mask, causal: bool, backend: str | None = None) -> tuple[str, str | None]:
   """(implementation, why it fell back or None) for this call. `backend` overrides jax.default_backend() (tests)."""
   backend = backend or jax.default_backend()
   want = _settings["implementation"]
@@ -69,11 +69,11 @@ def choose(q_BQHK, k_BKHK, mask, causal: bool, backend: str | None = None) -> tu
   if want in ("cpu", "xla"):
     return want, None
   if want == "cudnn":
-    why = _cudnn_refusal(q_BQHK, backend)
+    why = _cudnn_refusal(q_BQHE, backend)
   else:
     static = isinstance(mask, FrameCausal) or (isinstance(mask, np.ndarray) and math.prod(mask.shape[:-2]) == 1)
     dynamic_mask = mask is not None and not static  # splash takes one static mask for every batch row and head
-    why = _splash_refusal(backend, dynamic_mask or q_BQHK.shape[1] != k_BKHK.shape[1])
+    why = _splash_refusal(backend, dynamic_mask or q_BQHE.shape[1] != k_BKHE.shape[1])
   return ("xla", f"{want} cannot take this call ({why})") if why else (want, None)
 
 
@@ -104,32 +104,32 @@ def dense_mask(mask, q_len: int, kv_len: int):
 
 
 # -- cuDNN -------------------------------------------------------------------------------------------------------
-def cudnn_attention(q_BQHK, k_BKHK, v_BKHK, *, mask=None, causal=False, implementation="cudnn"):
+def cudnn_attention(q_BQHE, k_BKHE, v_BKHE, *, mask=None, causal=False, implementation="cudnn"):
   """cuDNN flash attention with the head dim padded to a multiple of 8 and the sequence to an even length (cuDNN's
   limits with a mask). Zero head-dim padding leaves q·k unchanged (the scale stays 1/√d of the true d); padded keys
   are cut off with key_value_seq_lengths. `implementation='xla'` runs the same padding through XLA (tests)."""
-  B, Q, _, D = q_BQHK.shape
-  K = k_BKHK.shape[1]
-  Dp, Qp, Kp = _round_up(D, 8), _round_up(Q, 2), _round_up(K, 2)
+  B, Q, _, E = q_BQHE.shape
+  K = k_BKHE.shape[1]
+  Ep, Qp, Kp = _round_up(E, 8), _round_up(Q, 2), _round_up(K, 2)
   if mask is not None:  # kept in its broadcastable shape: no [B, H, L, L] copy
     mask = jnp.asarray(dense_mask(mask, Q, K))
     mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
     # Padded query rows see every real key (no empty softmax rows); padded keys are masked by the lengths below.
     pad_q, pad_k = (Qp - Q) * (mask.shape[2] == Q), (Kp - K) * (mask.shape[3] == K)
     mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad_q), (0, pad_k)), constant_values=True)
-  pad = lambda x, L, Lp: jnp.pad(x, ((0, 0), (0, Lp - L), (0, 0), (0, Dp - D)))  # noqa: E731
+  pad = lambda x, L, Lp: jnp.pad(x, ((0, 0), (0, Lp - L), (0, 0), (0, Ep - E)))  # noqa: E731
   lengths = jnp.full((B,), K, jnp.int32) if Kp != K else None
   o = jax.nn.dot_product_attention(
-    pad(q_BQHK, Q, Qp),
-    pad(k_BKHK, K, Kp),
-    pad(v_BKHK, K, Kp),
+    pad(q_BQHE, Q, Qp),
+    pad(k_BKHE, K, Kp),
+    pad(v_BKHE, K, Kp),
     mask=mask,
     is_causal=causal,
-    scale=D**-0.5,
+    scale=E**-0.5,
     key_value_seq_lengths=lengths,
     implementation=implementation,
   )
-  return o[:, :Q, :, :D]
+  return o[:, :Q, :, :E]
 
 
 # -- splash (TPU) ----------------------------------------------------------------------------------------------------
@@ -180,11 +180,11 @@ def splash_mask(L: int, Lp: int, heads: int, *, mask=None, causal=False):
   return mask_lib.MultiHeadMask([one] * heads)
 
 
-def splash_attention(q_BQHK, k_BKHK, v_BKHK, *, mask=None, causal=False):
+def splash_attention(q_BQHE, k_BKHE, v_BKHE, *, mask=None, causal=False):
   """Splash attention (self-attention: Q == K), under shard_map over the batch and head axes of the run's mesh."""
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 
-  B, L, H, D = q_BQHK.shape
+  B, L, H, D = q_BQHE.shape
   block = min(SPLASH_BLOCK, _round_up(L, SPLASH_LANES))
   Lp, Dp = _round_up(L, block), _round_up(D, SPLASH_LANES)
   scale = D**-0.5
@@ -215,10 +215,10 @@ def splash_attention(q_BQHK, k_BKHK, v_BKHK, *, mask=None, causal=False):
     return o.transpose(0, 2, 1, 3)[:, :L, :, :D]
 
   if mesh is None or math.prod(mesh.shape.values()) == 1:
-    return local(q_BQHK, k_BKHK, v_BKHK)
+    return local(q_BQHE, k_BKHE, v_BKHE)
   spec = P(batch_axes or None, None, head_axis, None)
   return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(
-    q_BQHK, k_BKHK, v_BKHK
+    q_BQHE, k_BKHE, v_BKHE
   )
 
 

@@ -62,8 +62,8 @@ class Attention(nnx.Module):
     """`mask`: boolean, broadcastable to [B, H, L, L] (True = may attend)."""
     B, L, D = x_BLD.shape
     q, k, v = self.qkv_heads(x_BLD, rope)
-    o_BLHK = dot_product_attention(q, k, v, causal=causal, mask=mask)
-    return self.out(o_BLHK.reshape(B, L, D))
+    o_BLHE = dot_product_attention(q, k, v, causal=causal, mask=mask)
+    return self.out(o_BLHE.reshape(B, L, D))
 
 
 class MLP(nnx.Module):

@@ -64,10 +64,10 @@ def rope_angles(coords_N3: jax.Array, head_dim: int) -> tuple[jax.Array, jax.Arr
   return sin, cos
 
 
-def apply_rope(x_BLHK: jax.Array, sin_BLK: jax.Array, cos_BLK: jax.Array) -> jax.Array:
+def apply_rope(x_BLHE: jax.Array, sin_BLE: jax.Array, cos_BLE: jax.Array) -> jax.Array:
   """x·cos + rotate_pairs(x)·sin, rotate_pairs(x)[2i] = -x[2i+1], [2i+1] = x[2i]."""
-  B, L, H, K = x_BLHK.shape
-  pairs = x_BLHK.reshape(B, L, H, K // 2, 2)
-  rotated = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(B, L, H, K)
-  sin, cos = sin_BLK[:, :, None].astype(x_BLHK.dtype), cos_BLK[:, :, None].astype(x_BLHK.dtype)
-  return x_BLHK * cos + rotated * sin
+  B, L, H, E = x_BLHE.shape
+  pairs = x_BLHE.reshape(B, L, H, E // 2, 2)
+  rotated = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(B, L, H, E)
+  sin, cos = sin_BLE[:, :, None].astype(x_BLHE.dtype), cos_BLE[:, :, None].astype(x_BLHE.dtype)
+  return x_BLHE * cos + rotated * sin
