@@ -25,7 +25,9 @@ from worldmodel import config as config_lib
 if __name__ == "__main__":  # flags only for the CLI: importing several CLI modules must not redefine them
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].", lock_config=True)
   _DEVICES = flags.DEFINE_integer("devices", 8, "Number of devices to compile for (fake CPU devices here).")
-  _MESH = flags.DEFINE_string("mesh", "", "Mesh as data:A,fsdp:B,tensor:C (-1 fills); default: the config's mesh.")
+  _MESH = flags.DEFINE_string(
+    "mesh", "", "Mesh as data:A,fsdp:B,tensor:C (-1 fills; fsdp may split into fsdp × fsdp_sub); default: config's."
+  )
   _HBM = flags.DEFINE_float(
     "hbm_gib", 0.0, "Fail (exit 1) if the per-device total exceeds this many GiB (0: no check)."
   )
