@@ -97,3 +97,21 @@ def jepa_tiny(tmp_path_factory, dataset) -> str:
   )
   assert r.returncode == 0, r.stderr[-3000:]
   return str(w)
+
+
+def first_batch(config) -> dict:
+  """Step 0's host batch of `config`'s train pipeline (with its objective's sample transform), as the trainer gets it."""
+  from worldmodel import runtime
+  from worldmodel.data import pipeline
+
+  data = pipeline.train_dataset(
+    config.data,
+    seed=0,
+    global_batch=config.batch_size,
+    start_step=0,
+    num_steps=1,
+    process_index=0,
+    process_count=1,
+    transform=runtime.sample_transform(config),
+  )
+  return next(iter(data))

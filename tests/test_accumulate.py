@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 import pytest
-from conftest import experiment_config
+from conftest import experiment_config, first_batch
 
 from worldmodel import accumulate, runtime
 from worldmodel.data import pipeline
@@ -34,18 +34,7 @@ def test_microbatches_equal_the_large_batch(name, dataset):
   config = experiment_config(name, "tiny")
   config.data.dir = dataset
   SHRINK[name](config.model)
-  batch = next(
-    iter(
-      pipeline.train_dataset(
-        config.data,
-        seed=0,
-        global_batch=config.batch_size,
-        start_step=0,
-        num_steps=1,
-        transform=runtime.sample_transform(config),
-      )
-    )
-  )
+  batch = first_batch(config)
   runs = {}
   for K in (1, 4):
     config.optim.microbatches = K

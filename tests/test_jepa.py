@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, experiment_config, run_cli
+from conftest import REPO, experiment_config, first_batch, run_cli
 from flax import nnx
 
 from worldmodel import metrics, runtime
@@ -93,18 +93,7 @@ def test_ema_target_gets_no_gradient_or_optimizer_state_and_follows_the_encoder(
   np.testing.assert_array_equal(
     state["extra"]["target_encoder"]["norm"]["scale"], state["params"]["encoder"]["norm"]["scale"]
   )
-  batch = next(
-    iter(
-      pipeline.train_dataset(
-        config.data,
-        seed=0,
-        global_batch=config.batch_size,
-        start_step=0,
-        num_steps=1,
-        transform=runtime.sample_transform(config),
-      )
-    )
-  )
+  batch = first_batch(config)
   batch = pipeline.to_global(batch, rt.mesh)
   state, _ = rt.train_step(state, batch)  # step 0 has lr 0 (warmup from 0): take the second step
   before = jax.tree.map(np.asarray, state)
@@ -130,18 +119,7 @@ def test_collapse_monitors_flag_a_collapsed_encoder(dataset):
   config.data.dir = dataset
   rt = runtime.build(config)
   state = rt.init_fn()
-  batch = next(
-    iter(
-      pipeline.train_dataset(
-        config.data,
-        seed=0,
-        global_batch=config.batch_size,
-        start_step=0,
-        num_steps=1,
-        transform=runtime.sample_transform(config),
-      )
-    )
-  )
+  batch = first_batch(config)
   batch = pipeline.to_global(batch, rt.mesh)
   healthy = {k: float(v) for k, v in rt.eval_step(state, batch).items() if k.startswith("monitor/")}
   assert metrics.collapse_warnings(healthy) == [], healthy

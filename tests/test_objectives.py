@@ -5,11 +5,11 @@ import json
 
 import jax.numpy as jnp
 import pytest
-from conftest import experiment_config, tiny_encoder_model
+from conftest import experiment_config, first_batch, tiny_encoder_model
 
 from worldmodel import config as config_lib
-from worldmodel import objectives, runtime
-from worldmodel.data import pipeline, records
+from worldmodel import objectives
+from worldmodel.data import records
 
 
 def _config(name: str, variant: str, dataset: str):
@@ -48,20 +48,7 @@ def test_an_objective_missing_a_required_hook_is_refused():
 @pytest.mark.parametrize("name", ["tokenizer", "jepa", "ac", "finetune"])
 def test_batch_spec_matches_what_the_pipeline_feeds(name, dataset):
   c = _config(name, "tiny", dataset)
-  batch = next(
-    iter(
-      pipeline.train_dataset(
-        c.data,
-        seed=0,
-        global_batch=c.batch_size,
-        start_step=0,
-        num_steps=1,
-        process_index=0,
-        process_count=1,
-        transform=runtime.sample_transform(c),
-      )
-    )
-  )
+  batch = first_batch(c)
   spec = objectives.get(name).batch_spec(c, None)
   assert set(spec) <= set(batch), (sorted(spec), sorted(batch))
   for k, s in spec.items():
