@@ -35,7 +35,10 @@ def test_chunked_clips_equal_whole_episode_clips_and_read_little(chunked):
 
 
 def test_pipeline_opens_the_chunked_copy_and_refuses_a_stale_one(chunked, tmp_path):
-  cfg = type("C", (), {"dir": chunked, "get": lambda self, k, d=None: None})()
+  from worldmodel import config as config_lib
+
+  cfg = config_lib.base_config("tokenizer", num_frames=4, total_steps=1, batch_size=1).data
+  cfg.dir = chunked
   (src,) = pipeline.open_sources(cfg, "train")
   assert isinstance(src, chunks.ChunkedSource)
   stale = str(tmp_path / "stale")
