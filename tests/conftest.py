@@ -37,7 +37,8 @@ def losses(workdir) -> dict:
   """{step: loss} from a workdir's metrics.jsonl."""
   import json
 
-  return {r["step"]: r["loss"] for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))}
+  rows = map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))
+  return {r["step"]: r["loss"] for r in rows if "loss" in r}  # in-training evaluation rows carry eval_* keys only
 
 
 def local_launch_cmd(num_processes: int, devices_per_process: int, module: str, *args: str) -> list[str]:
