@@ -49,6 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     projector_width=256,
     predictor=dict(width=192, depth=4, heads=3, mlp_ratio=4.0),
     rollout_steps=2,
+    loss_exp=2.0,  # prediction loss: 2 squared error (LeWM), 1 L1; planning's default cost follows it
     residual=False,
     context_frames=1,
     reg=dict(sigreg=0.1, sigreg_projections=256, variance=0.0, covariance=0.0, inverse_dynamics=0.0, smoothness=0.0),

@@ -23,7 +23,7 @@ class WorldModel(nnx.Module):
   def __init__(self, m: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     e, D, H = m.encoder_model, m.embed_dim, m.projector_width
     self.tubelet, self.rollout_steps = tuple(e.tubelet), m.rollout_steps
-    self.loss_exp = 2.0  # planning's default cost: the squared error the predictor is trained on
+    self.loss_exp = float(m.loss_exp)  # 2: squared error (LeWM), 1: L1; also planning's default cost
     self.context_frames = int(m.context_frames)
     self.reg = tuple((k, float(v)) for k, v in sorted(m.reg.items()))  # loss weights (static)
     self.encoder = vit.VideoViT(e, e.encoder, rngs=rngs)

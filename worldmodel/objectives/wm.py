@@ -1,7 +1,7 @@
 """End-to-end JEPA world model from pixels (LeWM / PLDM recipes): encoder + action-conditioned predictor, jointly.
 
-loss = next-embedding MSE, teacher-forced over the clip
-     + MSE of a `model.rollout_steps`-step autoregressive rollout from frame 0 (predictions fed back)
+loss = next-embedding half squared error (`model.loss_exp=1`: L1), teacher-forced over the clip
+     + the same of a `model.rollout_steps`-step autoregressive rollout from frame 0 (predictions fed back)
      + anti-collapse regularisers, weights in `model.reg` (0 switches one off):
          sigreg             LeWM / LeJEPA: Epps–Pulley statistic of random 1-D projections of each time step's
                             embeddings over the batch against N(0, 1)
@@ -102,6 +102,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config key 'model.frames' ({m.frames}) must be in 2..model.max_frames ({m.max_frames})")
   if not 1 <= m.context_frames < m.frames:
     raise ValueError(f"config key 'model.context_frames' ({m.context_frames}) must be in 1..{m.frames - 1}")
+  if m.loss_exp not in (1, 2):
+    raise ValueError(f"config key 'model.loss_exp' ({m.loss_exp}) must be 2 (squared error) or 1 (L1)")
   if m.rollout_steps >= m.frames:
     raise ValueError(f"config key 'model.rollout_steps' ({m.rollout_steps}) must be < model.frames ({m.frames})")
   if m.size % m.encoder_model.tubelet[1]:
@@ -133,6 +135,10 @@ def _mse(a, b, axis=None):
   return jnp.mean((a.astype(jnp.float32) - b.astype(jnp.float32)) ** 2, axis=axis)
 
 
+def _pred_loss(model: WorldModel, pred, target):
+  return common.regression_loss(pred.astype(jnp.float32), target.astype(jnp.float32), model.loss_exp)
+
+
 def monitors(z_BTND: jax.Array) -> dict:
   """Collapse monitors under the keys the trainer checks (metrics.COLLAPSE_LIMITS): spread across clips, rank."""
   z = jax.lax.stop_gradient(z_BTND[:, :, 0])
@@ -148,11 +154,11 @@ def loss_fn(model: WorldModel, batch: dict, *, rng: jax.Array, train: bool):
   m = dict(model.reg)
   z = model.encode(batch["video"])  # [B, T, 1, D]
   a = batch["action"].astype(jnp.float32)
-  teacher = _mse(model.predictor(z[:, :-1], a[:, :-1]), z[:, 1:])
+  teacher = _pred_loss(model, model.predictor(z[:, :-1], a[:, :-1]), z[:, 1:])
   seq, roll = z[:, :1], []
   for s in range(1, min(model.rollout_steps, z.shape[1] - 1) + 1):
     out = model.predictor(seq, a[:, :s])[:, -1]
-    roll.append(_mse(out, z[:, s]))
+    roll.append(_pred_loss(model, out, z[:, s]))
     seq = jnp.concatenate([seq, out[:, None]], axis=1)
   rollout = sum(roll) / len(roll)
   logs = {"loss/teacher_forcing": teacher, "loss/rollout": rollout}
