@@ -29,15 +29,18 @@ class WorldModel(nnx.Module):
     self.encoder = vit.VideoViT(e, e.encoder, rngs=rngs)
     W = e.encoder.width
     self.proj_in = layers.dense(W, H, axes=("fsdp", "tensor"), rngs=rngs)
-    self.proj_norm = layers.layer_norm(H, rngs=rngs)
+    # BatchNorm in the projector (LeWM): embeddings start spread across the batch, not at the ~0.01 std a pooled
+    # random ViT gives (the regulariser alone took longer than a short run to undo that; BUILD_NOTES.md).
+    self.proj_norm = nnx.BatchNorm(H, momentum=0.9, use_running_average=True, rngs=rngs)
     self.proj_out = layers.dense(H, D, axes=("tensor", "fsdp"), rngs=rngs)
     self.predictor = ACPredictor(m, D, (1, 1), rngs=rngs)
     # Inverse dynamics (PLDM): (z_t, z_t+1) → a_t; always built so that switching it on keeps checkpoints loadable.
     self.inv_in = layers.dense(2 * D, H, axes=("fsdp", "tensor"), rngs=rngs)
     self.inv_out = layers.dense(H, m.action_dim, axes=("tensor", None), rngs=rngs)
 
-  def encode(self, frames_BTHWC: jax.Array) -> jax.Array:
-    """uint8 or [0, 1] frames → embeddings [B, T, 1, D], every frame on its own (gradients flow: trained jointly)."""
+  def encode(self, frames_BTHWC: jax.Array, train: bool = False) -> jax.Array:
+    """uint8 or [0, 1] frames → embeddings [B, T, 1, D], every frame on its own (gradients flow: trained jointly).
+    train: the projector's BatchNorm normalises with (and updates) the batch's statistics, else its running ones."""
     if frames_BTHWC.dtype == jnp.uint8:
       frames_BTHWC = common.to_float(frames_BTHWC)
     B, T, H, W, C = frames_BTHWC.shape
@@ -45,7 +48,7 @@ class WorldModel(nnx.Module):
     if self.tubelet[0] > 1:
       clips = jnp.repeat(clips, self.tubelet[0], axis=1)
     pooled = jnp.mean(self.encoder(clips).astype(jnp.float32), axis=1)
-    z = self.proj_out(jax.nn.gelu(self.proj_norm(self.proj_in(pooled))))
+    z = self.proj_out(jax.nn.gelu(self.proj_norm(self.proj_in(pooled), use_running_average=not train)))
     return z.reshape(B, T, 1, -1)
 
   def inverse_dynamics(self, z_BTND: jax.Array) -> jax.Array:

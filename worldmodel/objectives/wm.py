@@ -150,9 +150,8 @@ def monitors(z_BTND: jax.Array) -> dict:
 
 
 def loss_fn(model: WorldModel, batch: dict, *, rng: jax.Array, train: bool):
-  del train
   m = dict(model.reg)
-  z = model.encode(batch["video"])  # [B, T, 1, D]
+  z = model.encode(batch["video"], train=train)  # [B, T, 1, D]
   a = batch["action"].astype(jnp.float32)
   teacher = _pred_loss(model, model.predictor(z[:, :-1], a[:, :-1]), z[:, 1:])
   seq, roll = z[:, :1], []
