@@ -58,6 +58,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     attention="auto",
   )
   c.optim.update(lr=5e-4, warmup_steps=100, weight_decay=0.05)
+  # Linear state probes of the embeddings (trained vs random init) at evaluation, for datasets with a `state`: fit
+  # on probe_train_split (probe_clips clips at most), scored on the evaluated split (objectives/wm_eval.py).
+  c.eval.update(probes=True, probe_train_split="train", probe_clips=256)
 
   if variant == "tiny":
     c.total_steps = 20
@@ -69,5 +72,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.reg.sigreg_projections = 16
     c.optim.update(lr=1e-3, warmup_steps=5)
     c.checkpoint.every_steps = 10
-    c.eval.batch_size = 8
+    c.eval.update(batch_size=8, probe_clips=32)
   return c

@@ -123,6 +123,7 @@ def test_tiny_train_evaluate_and_load_encoder(tmp_path, dataset):
   m = json.load(open(os.path.join(w, "eval", "20", "metrics.json")))
   assert len(m["rollout_mse"]) == 3 and m["num_clips"] > 0
   assert m["embedding_target_std"] > 0 and "rollout_mse_vs_copy_last_h1" in m
+  assert set(m["probe_r2_linear"]) == {"trained", "random_init"} and "agent_pos" in m["probe_r2_linear"]["trained"]
   enc, cfg = encoders.load_encoder(str(w))
   feats = encoders.encode(enc, np.zeros((2, 1, cfg.size, cfg.size, 3), np.uint8))
   assert feats.shape == (2, (cfg.size // 8) ** 2, 64)

@@ -187,6 +187,7 @@ def eval_step(model: WorldModel, batch: dict) -> dict:
     out[f"{name}_BH"] = jnp.mean(jnp.abs(err), axis=(2, 3))
     out[f"{name}_mse_BH"] = jnp.mean(err**2, axis=(2, 3))
   B = z.shape[0]
+  out["embed_BTD"] = z[:, :, 0]  # for the state probes
   out |= {k.replace("monitor/", "monitor_") + "_B": jnp.full((B,), v) for k, v in monitors(z).items()}
   return out
 
@@ -197,6 +198,7 @@ from worldmodel.objectives.wm_eval import Evaluator  # noqa: E402
 @base.register
 class WorldModelObjective(base.Objective):
   name = "wm"
+  defaults = {"eval": {"probes": True, "probe_train_split": "train", "probe_clips": 256}}
   create_model, batch_spec = staticmethod(create_model), staticmethod(batch_spec)
   check_config, check_data = staticmethod(check_config), staticmethod(common.check_frames)
   loss_fn, eval_step, Evaluator = staticmethod(loss_fn), staticmethod(eval_step), Evaluator
@@ -206,6 +208,7 @@ class WorldModelObjective(base.Objective):
 
   def configure_eval(self, config, *, context=None, perceptual="", probes=True) -> None:
     super().configure_eval(config, perceptual=perceptual, probes=probes)
+    config.eval.probes = config.eval.probes and probes
     if context is not None:
       config.model.context_frames = context
       check_config(config)
