@@ -93,8 +93,6 @@ def test_loss_trains_encoder_and_predictor_jointly():
   (_, logs), _ = grad_fn(params, same)
   warnings = metrics.collapse_warnings({k: float(v) for k, v in logs.items()})
   assert any(w.startswith("monitor/target_std=") for w in warnings), warnings
-  out = nnx.jit(wm.eval_step)(model, batch)  # rollout from the context, as the AC evaluator and the planner use it
-  assert out["rollout_BH"].shape == (4, 3) and out["copy_last_BH"].shape == (4, 3)
 
 
 def test_config_error_at_start(tmp_path, dataset):
@@ -118,10 +116,10 @@ def test_tiny_train_evaluate_and_load_encoder(tmp_path, dataset):
   assert r.returncode == 0, r.stderr[-3000:]
   logged = [json.loads(line) for line in open(os.path.join(w, "metrics.jsonl"))]
   assert logged[-1]["step"] == 20 and "monitor/rankme" in logged[-1] and "loss/sigreg" in logged[-1]
-  r = run_cli("worldmodel.evaluate", f"--workdir={w}")
+  r = run_cli("worldmodel.evaluate", f"--workdir={w}", "--max_clips=16")
   assert r.returncode == 0, r.stderr[-3000:]
   m = json.load(open(os.path.join(w, "eval", "20", "metrics.json")))
-  assert len(m["rollout_mse"]) == 3 and m["num_clips"] > 0
+  assert len(m["rollout_mse"]) == 3 and 0 < m["num_clips"] <= 16  # horizons 1..3 from one context frame
   assert m["embedding_target_std"] > 0 and "rollout_mse_vs_copy_last_h1" in m
   assert set(m["probe_r2_linear"]) == {"trained", "random_init"} and "agent_pos" in m["probe_r2_linear"]["trained"]
   enc, cfg = encoders.load_encoder(str(w))
