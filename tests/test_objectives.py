@@ -22,11 +22,13 @@ def _config(name: str, variant: str, dataset: str):
   if name == "finetune":
     c.model.encoder_model = tiny_encoder_model(c.model.frames)
     c.model.size, c.model.state_dim = 64, int(meta["state_dim"])
+  if name == "wm":
+    c.model.action_dim = int(meta["action_dim"])
   return c
 
 
 def test_registry_names_every_objective_and_rejects_unknown_ones():
-  assert objectives.names() == ["ac", "finetune", "jepa", "tokenizer"]
+  assert objectives.names() == ["ac", "finetune", "jepa", "tokenizer", "wm"]
   for name in objectives.names():
     assert isinstance(objectives.get(name), objectives.Objective) and objectives.get(name).name == name
   with pytest.raises(ValueError, match=r"'objective' is 'nope'; known objectives: \['ac', 'finetune', 'jepa'"):
@@ -45,7 +47,7 @@ def test_an_objective_missing_a_required_hook_is_refused():
   assert "half" not in objectives.names()
 
 
-@pytest.mark.parametrize("name", ["tokenizer", "jepa", "ac", "finetune"])
+@pytest.mark.parametrize("name", ["tokenizer", "jepa", "ac", "finetune", "wm"])
 def test_batch_spec_matches_what_the_pipeline_feeds(name, dataset):
   c = _config(name, "tiny", dataset)
   batch = first_batch(c)
@@ -80,4 +82,4 @@ def test_evaluate_options_are_hooks_of_the_objectives_they_apply_to():
   assert ac.model.context_frames == 2
   with pytest.raises(ValueError, match="'model.context_frames' \\(4\\) must be in 1..model.frames - 1"):
     objectives.get("ac").configure_eval(ac, context=4)
-  assert [n for n in objectives.names() if objectives.get(n).plannable] == ["ac"]
+  assert [n for n in objectives.names() if objectives.get(n).plannable] == ["ac", "wm"]
