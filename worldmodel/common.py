@@ -44,3 +44,26 @@ def check_frames(config: ml_collections.ConfigDict, frame_size: int) -> None:
     raise ValueError(
       f"config keys disagree: model.frames={config.model.frames} but data.num_frames={config.data.num_frames}"
     )
+
+
+def fill_action_dim(config: ml_collections.ConfigDict, needs: str) -> None:
+  """model.action_dim from the dataset's worldmodel.json when unset; `needs` ends the error for data without actions."""
+  from worldmodel.data import pipeline, records
+
+  m = config.model
+  if not m.action_dim:
+    meta = records.read_meta(pipeline.data_dirs(config.data)[0], pipeline.feature_map(config.data))
+    if not meta.get("action_dim"):
+      raise records.DatasetError(
+        f"{config.data.dir}: no actions in this dataset (worldmodel.json has no action_dim); {needs}"
+      )
+    m.action_dim = int(meta["action_dim"])
+
+
+def video_action_spec(config: ml_collections.ConfigDict, sharding) -> dict:
+  """Batch spec of action-conditioned objectives: uint8 clips and one float action per frame."""
+  m, B = config.model, config.batch_size
+  return {
+    "video": jax.ShapeDtypeStruct((B, m.frames, m.size, m.size, 3), jnp.uint8, sharding=sharding),
+    "action": jax.ShapeDtypeStruct((B, m.frames, m.action_dim), jnp.float32, sharding=sharding),
+  }

@@ -16,7 +16,6 @@ import ml_collections
 from worldmodel import checkpoint as ckpt_lib
 from worldmodel import common, encoders
 from worldmodel.common import layer_norm, regression_loss
-from worldmodel.data import pipeline, records
 from worldmodel.models.ac import ACModel
 from worldmodel.objectives import base
 
@@ -35,14 +34,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> None:
   enc.frames, enc.remat = enc.tubelet[0], "none"  # every frame is encoded on its own (one tubelet)
   m.encoder_model = enc
   m.size = enc.size
-  if not m.action_dim:
-    meta = records.read_meta(pipeline.data_dirs(config.data)[0], pipeline.feature_map(config.data))
-    if not meta.get("action_dim"):
-      raise records.DatasetError(
-        f"{config.data.dir}: no actions in this dataset (worldmodel.json has no "
-        "action_dim); an action-conditioned model needs the 'action' feature"
-      )
-    m.action_dim = int(meta["action_dim"])
+  common.fill_action_dim(config, "an action-conditioned model needs the 'action' feature")
 
 
 def create_model(config: ml_collections.ConfigDict, rngs) -> ACModel:
@@ -50,11 +42,7 @@ def create_model(config: ml_collections.ConfigDict, rngs) -> ACModel:
 
 
 def batch_spec(config: ml_collections.ConfigDict, sharding) -> dict:
-  m, B = config.model, config.batch_size
-  return {
-    "video": jax.ShapeDtypeStruct((B, m.frames, m.size, m.size, 3), jnp.uint8, sharding=sharding),
-    "action": jax.ShapeDtypeStruct((B, m.frames, m.action_dim), jnp.float32, sharding=sharding),
-  }
+  return common.video_action_spec(config, sharding)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import ml_collections
 
 from worldmodel import common, metrics
-from worldmodel.data import pipeline, records
 from worldmodel.models.wm import WorldModel
 from worldmodel.objectives import base
 
@@ -68,14 +67,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> None:
   """Fill the encoder's clip shape (one tubelet of one frame) and the action size from the data."""
   m = config.model
   m.encoder_model.size, m.encoder_model.frames = m.size, m.encoder_model.tubelet[0]
-  if not m.action_dim:
-    meta = records.read_meta(pipeline.data_dirs(config.data)[0], pipeline.feature_map(config.data))
-    if not meta.get("action_dim"):
-      raise records.DatasetError(
-        f"{config.data.dir}: no actions in this dataset (worldmodel.json has no action_dim); a world model "
-        "needs the 'action' feature (generate --source=dmc:... or bouncing)"
-      )
-    m.action_dim = int(meta["action_dim"])
+  common.fill_action_dim(config, "a world model needs the 'action' feature (generate --source=dmc:... or bouncing)")
 
 
 def create_model(config: ml_collections.ConfigDict, rngs) -> WorldModel:
@@ -83,11 +75,7 @@ def create_model(config: ml_collections.ConfigDict, rngs) -> WorldModel:
 
 
 def batch_spec(config: ml_collections.ConfigDict, sharding) -> dict:
-  m, B = config.model, config.batch_size
-  return {
-    "video": jax.ShapeDtypeStruct((B, m.frames, m.size, m.size, 3), jnp.uint8, sharding=sharding),
-    "action": jax.ShapeDtypeStruct((B, m.frames, m.action_dim), jnp.float32, sharding=sharding),
-  }
+  return common.video_action_spec(config, sharding)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
