@@ -28,6 +28,8 @@ def dot_product_attention(q_BQHE, k_BKHE, v_BKHE, *, mask=None, causal: bool = F
     return backends.cudnn_attention(q_BQHE, k_BKHE, v_BKHE, mask=mask, causal=causal)
   if impl == "splash":
     return backends.splash_attention(q_BQHE, k_BKHE, v_BKHE, mask=mask, causal=causal)
+  if impl == "cpu" and mask is None and not causal and not fused_refusal(q_BQHE, k_BKHE):
+    return backends.cpu_fused_attention(q_BQHE, k_BKHE, v_BKHE)
   mask = backends.dense_mask(mask, q_BQHE.shape[1], k_BKHE.shape[1])
   if impl == "xla":
     return jax.nn.dot_product_attention(q_BQHE, k_BKHE, v_BKHE, mask=mask, is_causal=causal)
@@ -37,6 +39,16 @@ def dot_product_attention(q_BQHE, k_BKHE, v_BKHE, *, mask=None, causal: bool = F
     mask = tril if mask is None else mask & tril
   bias = None if mask is None else jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)
   return _attention(q_BQHE, k_BKHE, v_BKHE, bias) if bias is not None else _attention_nobias(q_BQHE, k_BKHE, v_BKHE)
+
+
+def fused_refusal(q_BQHE, k_BKHE) -> str | None:
+  """Why the fused native kernel (worldmodel/kernels) cannot take an unmasked call, logged once; None if it can."""
+  from worldmodel import kernels
+
+  why = kernels.supports(q_BQHE, k_BKHE)
+  if why:
+    backends.log_once(f"fused CPU kernel not used: {why}; using the XLA-composed CPU kernel")
+  return why
 
 
 def _logits(q, k, bias):

@@ -189,7 +189,7 @@ def splash_attention(q_BQHE, k_BKHE, v_BKHE, *, mask=None, causal=False):
   Lp, Dp = _round_up(L, block), _round_up(D, SPLASH_LANES)
   scale = D**-0.5
   mesh = _settings["mesh"]
-  batch_axes, head_axis = _shard_axes(mesh, B, H)
+  _, head_axis = _shard_axes(mesh, B, H)
   heads_local = H // (mesh.shape[head_axis] if head_axis else 1)
   sizes = splash.BlockSizes(
     block_q=block,
@@ -214,8 +214,22 @@ def splash_attention(q_BQHE, k_BKHE, v_BKHE, *, mask=None, causal=False):
     o = jax.vmap(kernel)(pad(q * jnp.asarray(scale, q.dtype)), pad(k), pad(v))
     return o.transpose(0, 2, 1, 3)[:, :L, :, :D]
 
+  return sharded(local, q_BQHE, k_BKHE, v_BKHE)
+
+
+def cpu_fused_attention(q_BQHE, k_BKHE, v_BKHE):
+  """The fused CPU kernel (worldmodel/kernels), under shard_map over the run's mesh like splash."""
+  from worldmodel import kernels
+
+  return sharded(kernels.attention, q_BQHE, k_BKHE, v_BKHE)
+
+
+def sharded(local, q_BQHE, k_BKHE, v_BKHE):
+  """local(q, k, v) per device, batch over the data axes and heads over `tensor` (custom kernels do not partition)."""
+  mesh = _settings["mesh"]
   if mesh is None or math.prod(mesh.shape.values()) == 1:
     return local(q_BQHE, k_BKHE, v_BKHE)
+  batch_axes, head_axis = _shard_axes(mesh, q_BQHE.shape[0], q_BQHE.shape[2])
   spec = P(batch_axes or None, None, head_axis, None)
   return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(
     q_BQHE, k_BKHE, v_BKHE
@@ -229,13 +243,13 @@ def _shard_axes(mesh, batch: int, heads: int):
     return None, None
   batch_axes = tuple(a for a in mesh_lib.batch_axes(mesh) if mesh.shape[a] > 1)
   if batch % math.prod(mesh.shape[a] for a in batch_axes):
-    _log_once(f"splash: batch {batch} does not divide over {batch_axes}; the kernel runs replicated over them")
+    log_once(f"kernel: batch {batch} does not divide over {batch_axes}; the kernel runs replicated over them")
     batch_axes = ()
   head_axis = "tensor" if mesh.shape.get("tensor", 1) > 1 and heads % mesh.shape["tensor"] == 0 else None
   return batch_axes, head_axis
 
 
-def _log_once(text: str) -> None:
+def log_once(text: str) -> None:
   if text not in _logged:
     _logged.add(text)
     logging.warning("attention: %s", text)

@@ -1,0 +1,141 @@
+"""Native CPU kernels, built on first use with the host's C++ compiler and called through XLA's FFI.
+
+`attention(q, k, v)` is fused softmax attention (cpu_attention.cc) for float32 [B, L, H, E] with E % 16 == 0 and no
+mask; `available()` says whether it can be used here. The shared library is compiled once per source, jaxlib and
+CPU (`-march=native`) into $WORLDMODEL_KERNEL_CACHE (default ~/.cache/worldmodel/kernels) and reused; without a
+compiler, or with WORLDMODEL_CPU_KERNELS=0, callers keep XLA's ops and the reason is logged once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import math
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+SOURCE = pathlib.Path(__file__).with_name("cpu_attention.cc")
+PAD = 16  # the kernel's vector width in floats: key length and head width are multiples of it
+
+
+def _cache_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("WORLDMODEL_KERNEL_CACHE", pathlib.Path.home() / ".cache/worldmodel/kernels"))
+
+
+def _cpu_id() -> str:
+  try:
+    flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags"))
+  except (OSError, StopIteration):
+    flags = ""
+  return flags
+
+
+def _build() -> pathlib.Path:
+  cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+  if not cxx:
+    raise RuntimeError("no C++ compiler (g++ / c++) on PATH")
+  include = jax.ffi.include_dir()
+  cmd = [cxx, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{include}"]
+  key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(cmd), jax.__version__, _cpu_id()]).encode()).hexdigest()[
+    :16
+  ]
+  lib = _cache_dir() / f"cpu_attention-{key}.so"
+  if not lib.exists():
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:  # build aside, then rename: concurrent builders are safe
+      out = pathlib.Path(tmp) / lib.name
+      done = subprocess.run([*cmd, str(SOURCE), "-o", str(out)], capture_output=True, text=True)
+      if done.returncode:
+        raise RuntimeError(f"{cxx} failed: {done.stderr.strip().splitlines()[-1] if done.stderr else done.returncode}")
+      os.replace(out, lib)
+  return lib
+
+
+@functools.cache
+def _load() -> str | None:
+  """None when the kernels are registered, else why not."""
+  if os.environ.get("WORLDMODEL_CPU_KERNELS", "1") == "0":
+    return "WORLDMODEL_CPU_KERNELS=0"
+  try:
+    lib = ctypes.cdll.LoadLibrary(str(_build()))
+  except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+    return f"the fused CPU attention kernel could not be built ({e})"
+  for name, symbol in (("wm_attention_fwd", lib.WmAttentionForward), ("wm_attention_bwd", lib.WmAttentionBackward)):
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
+  logging.info("fused CPU attention kernel loaded")
+  return None
+
+
+def unavailable() -> str | None:
+  return _load()
+
+
+def supports(q_BQHE, k_BKHE) -> str | None:
+  """None if the fused kernel takes these operands, else why not."""
+  if q_BQHE.dtype != jnp.float32 or k_BKHE.dtype != jnp.float32:
+    return f"dtype {q_BQHE.dtype} (the fused CPU kernel is float32)"
+  if q_BQHE.shape[-1] % PAD:
+    return f"head width {q_BQHE.shape[-1]} is not a multiple of {PAD}"
+  return unavailable()
+
+
+def _forward(q, k, v, valid: int):
+  B, Q, H, _ = q.shape
+  out = (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((B, H, Q), jnp.float32))
+  return jax.ffi.ffi_call("wm_attention_fwd", out)(q, k, v, valid=valid)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _attention(q, k, v, valid):
+  return _forward(q, k, v, valid)[0]
+
+
+def _fwd(q, k, v, valid):
+  o, lse = _forward(q, k, v, valid)
+  return o, (q, k, v, o, lse)
+
+
+def _bwd(valid, res, do):
+  q, k, v, o, lse = res
+  shapes = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v))
+  return jax.ffi.ffi_call("wm_attention_bwd", shapes)(q, k, v, o, lse, do, valid=valid)
+
+
+_attention.defvjp(_fwd, _bwd)
+
+
+def attention(q_BQHE: jax.Array, k_BKHE: jax.Array, v_BKHE: jax.Array) -> jax.Array:
+  """softmax(q·kᵀ/√E)·v with the fused kernel; keys are zero-padded to a multiple of 16 and masked inside."""
+  if why := supports(q_BQHE, k_BKHE):
+    raise ValueError(f"fused CPU attention cannot take this call: {why}")
+  K = k_BKHE.shape[1]
+  pad = -K % PAD
+  if pad:
+    widths = ((0, 0), (0, pad), (0, 0), (0, 0))
+    k_BKHE, v_BKHE = jnp.pad(k_BKHE, widths), jnp.pad(v_BKHE, widths)
+  return _attention(q_BQHE, k_BKHE, v_BKHE, K)
+
+
+# Multiply-adds per (q, k, e) triple: forward Q·Kᵀ and P·V; backward recomputes Q·Kᵀ, then dV, dP, dQ, dK.
+_FLOPS_PER_QKE = {"fwd": 4, "bwd": 10}
+_CALL = re.compile(
+  r'custom_call_target="wm_attention_(fwd|bwd)", operand_layout_constraints=\{f32\[([\d,]+)\]\{[\d,]*\}, f32\[([\d,]+)\]'
+)
+
+
+def custom_call_flops(hlo_text: str) -> float:
+  """FLOPs of the fused kernels in a compiled module's HLO text (XLA's cost analysis counts custom calls as 0)."""
+  total = 0.0
+  for kind, q_shape, k_shape in _CALL.findall(hlo_text):
+    B, Lq, H, E = (int(x) for x in q_shape.split(","))
+    total += _FLOPS_PER_QKE[kind] * B * H * Lq * int(k_shape.split(",")[1]) * E
+  return total
