@@ -2,7 +2,7 @@
 
 `attention(q, k, v)` is fused softmax attention (cpu_attention.cc) for float32 [B, L, H, E] with E % 16 == 0 and no
 mask; `available()` says whether it can be used here. The shared library is compiled once per source, jaxlib and
-CPU (`-march=native`) into $WORLDMODEL_KERNEL_CACHE (default ~/.cache/worldmodel/kernels) and reused; without a
+CPU (`-march=native`, or the cap in XLA_FLAGS' `--xla_cpu_max_isa`, or $WORLDMODEL_KERNEL_MARCH) into $WORLDMODEL_KERNEL_CACHE (default ~/.cache/worldmodel/kernels) and reused; without a
 compiler, or with WORLDMODEL_CPU_KERNELS=0, callers keep XLA's ops and the reason is logged once.
 """
 
@@ -38,12 +38,24 @@ def _cpu_id() -> str:
   return flags
 
 
+# XLA's ISA cap (--xla_cpu_max_isa) → the -march that keeps the kernel within it, so a capped run is capped here too.
+_MARCH_FOR_ISA = {"AVX2": "haswell", "AVX": "sandybridge", "SSE4_2": "nehalem"}
+
+
+def _march() -> str:
+  """$WORLDMODEL_KERNEL_MARCH, else the one matching XLA_FLAGS' --xla_cpu_max_isa, else native."""
+  if os.environ.get("WORLDMODEL_KERNEL_MARCH"):
+    return os.environ["WORLDMODEL_KERNEL_MARCH"]
+  isa = re.search(r"--xla_cpu_max_isa=(\w+)", os.environ.get("XLA_FLAGS", ""))
+  return _MARCH_FOR_ISA.get(isa.group(1).upper(), "native") if isa else "native"
+
+
 def _build() -> pathlib.Path:
   cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
   if not cxx:
     raise RuntimeError("no C++ compiler (g++ / c++) on PATH")
   include = jax.ffi.include_dir()
-  cmd = [cxx, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{include}"]
+  cmd = [cxx, "-O3", f"-march={_march()}", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{include}"]
   key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(cmd), jax.__version__, _cpu_id()]).encode()).hexdigest()[
     :16
   ]
