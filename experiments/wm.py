@@ -11,13 +11,15 @@ is the data's action repeat (LeWM: 5). Regularisers: --config.model.reg.sigreg=0
 Variants:
   tiny   4-frame clips, a 1-block 64-wide encoder and a 1-block predictor: seconds per run, used by the tests
   dmc    4-frame 64x64 dm_control clips (LeWM: 3 context frames + 1), encoder 192 x 4, predictor 192 x 4 (CPU-sized)
+  tworoom  6-frame 64x64 Two-Room clips (generate --source=tworoom --action_repeat=5), one context frame (the state
+         is the position), 4-step rollout loss, SIGReg + inverse dynamics (PLDM / EB-JEPA), encoder 128 x 3
 """
 
 import ml_collections
 
 from worldmodel import config as config_lib
 
-VARIANTS = ("tiny", "dmc")
+VARIANTS = ("tiny", "dmc", "tworoom")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -62,6 +64,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # on probe_train_split (probe_clips clips at most), scored on the evaluated split (objectives/wm_eval.py).
   c.eval.update(probes=True, probe_train_split="train", probe_clips=256)
 
+  if variant == "tworoom":
+    c.data.num_frames = 6
+    c.batch_size = 64
+    c.total_steps = 3000
+    c.model.update(frames=6, embed_dim=32, rollout_steps=4)
+    c.model.encoder_model.update(tubelet=(1, 16, 16))
+    c.model.encoder_model.encoder = dict(width=96, depth=2, heads=4, mlp_ratio=4.0)
+    c.model.predictor = dict(width=96, depth=2, heads=4, mlp_ratio=4.0)
+    c.model.reg.update(sigreg=0.1, inverse_dynamics=1.0)
+    c.optim.update(lr=1e-3, warmup_steps=100)
+    c.checkpoint.every_steps = 250
   if variant == "tiny":
     c.total_steps = 20
     c.batch_size = 8

@@ -34,7 +34,12 @@ from worldmodel import storage
 
 if __name__ == "__main__":  # flags only for the CLI: importing several CLI modules must not redefine them
   _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of an action-conditioned run (experiments/ac.py).")
-  _ENV = flags.DEFINE_string("env", "dmc:reacher-easy", "Environment: dmc:DOMAIN-TASK with a goal definition.")
+  _ENV = flags.DEFINE_string(
+    "env",
+    "dmc:reacher-easy",
+    "Environment: dmc:DOMAIN-TASK with a goal definition, or tworoom (LeWM's protocol: "
+    "--env_steps=10 --horizon=5 with frame skip 5).",
+  )
   _EPISODES = flags.DEFINE_integer("episodes", 10, "Episodes to plan (and to run with random actions).")
   _STEPS = flags.DEFINE_integer("env_steps", 60, "Environment steps per episode (--step picks the checkpoint).")
   _OLD_STEPS = flags.DEFINE_integer("steps", None, "Renamed --env_steps (kept to say so).")
@@ -185,28 +190,13 @@ def run(
 ) -> dict:
   from worldmodel import media, planning
   from worldmodel.data import pipeline, records
+  from worldmodel.envs import registry
 
-  if not env_name.startswith("dmc:"):
-    raise ValueError(f"--env={env_name!r}: only dmc:DOMAIN-TASK environments can be planned in")
-  from worldmodel.data.sources import dmc
-
-  dmc.require_installed()
-  from worldmodel.envs import dmc_goal
-
+  registry.check_name(env_name)
   step, config, model = load_world_model(workdir, step)
   meta = records.read_meta(pipeline.data_dirs(config.data)[0], pipeline.feature_map(config.data))
-  # The env must show what the model was trained on: same frame size, camera and action repeat as the data.
-  env = dmc_goal.GoalEnv(
-    env_name[4:],
-    size=config.model.size,
-    camera=int(meta.get("camera", 0)),
-    action_repeat=int(meta.get("action_repeat", 1)),
-  )
-  if len(env.low_A) != config.model.action_dim:
-    raise ValueError(
-      f"{env_name} has {len(env.low_A)}-D actions but the model in {workdir} was trained on "
-      f"{config.model.action_dim}-D actions"
-    )
+  env = registry.make(env_name, config, meta)
+  registry.check_matches(env, config, env_name, workdir)
   context = int(config.model.context_frames) if context is None else context
   cost = cost or ("l2" if config.model.loss_exp == 2 else "l1")  # the distance its predictions minimise
   if context < 1 or context + horizon > config.model.max_frames:

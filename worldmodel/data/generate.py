@@ -3,6 +3,8 @@
 Example:
   python -m worldmodel.data.generate --source=bouncing --out=data/generated/bouncing64 \\
       --episodes=500 --frames=32 --size=64 --seed=0
+  python -m worldmodel.data.generate --source=tworoom --out=data/generated/tworoom64 \\
+      --episodes=4000 --frames=16 --size=64 --action_repeat=5
 
 The output directory opens with `tfds.builder_from_directory(OUT)` and with
 `worldmodel.data.records.open_split(OUT, "train")`. Episode i (0-based, over
@@ -50,7 +52,9 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
   flags.DEFINE_integer("seed", 0, "Base seed; episode i uses SeedSequence([seed, i]).")
   flags.DEFINE_integer("num_balls", 3, "bouncing: number of passive balls besides the agent.", lower_bound=0)
   flags.DEFINE_integer("camera", 0, "dmc: MuJoCo camera id to render (-1 = free camera).", lower_bound=-1)
-  flags.DEFINE_integer("action_repeat", 1, "dmc: env steps per recorded frame (action held).", lower_bound=1)
+  flags.DEFINE_integer(
+    "action_repeat", 1, "dmc, tworoom: env steps per recorded frame (action held; the frame skip).", lower_bound=1
+  )
   flags.DEFINE_integer(
     "workers",
     min(2, os.cpu_count() or 1),
@@ -101,7 +105,7 @@ class Config:
   size: int
   num_balls: int = 3
   camera: int = 0  # dmc
-  action_repeat: int = 1  # dmc
+  action_repeat: int = 1  # dmc, tworoom
   workers: int = 1  # dmc
   fps: float = 8.0  # video
   max_frames: int = 512  # video
@@ -141,6 +145,20 @@ def _dmc(arg: str, cfg: Config) -> Source:
   domain, task = dmc.parse_task(arg)
   gen = dmc.Generator(dmc.Spec(domain, task, cfg.frames, cfg.size, cfg.camera, cfg.action_repeat), cfg.workers)
   return Source(gen.make_episode, gen.meta, gen.make_episodes)
+
+
+def _tworoom(arg: str, cfg: Config) -> Source:
+  from worldmodel.data.sources import tworoom
+
+  if arg:
+    raise ValueError(f"source 'tworoom' takes no ':' argument (got {arg!r})")
+
+  def make_episode(seed: int) -> dict:
+    return tworoom.generate_episode(seed, cfg.frames, cfg.size, cfg.action_repeat)
+
+  return Source(
+    make_episode, {"state_groups": tworoom.STATE_GROUPS, "env": "tworoom", "action_repeat": cfg.action_repeat}
+  )
 
 
 class SkipFile(Exception):
@@ -183,7 +201,12 @@ def _video(arg: str, cfg: Config) -> Source:
 
 
 # name -> factory(arg after ':', Config) -> Source: --source=NAME[:ARG]. A new source is one entry here.
-SOURCES: dict[str, Callable[[str, Config], Source]] = {"bouncing": _bouncing, "dmc": _dmc, "video": _video}
+SOURCES: dict[str, Callable[[str, Config], Source]] = {
+  "bouncing": _bouncing,
+  "dmc": _dmc,
+  "tworoom": _tworoom,
+  "video": _video,
+}
 
 
 class UserError(Exception):

@@ -58,7 +58,8 @@ class Evaluator(ac_eval.Evaluator):
     y_tr, _ = probes.state_targets(flat(train_y), groups, periodic)
     y_te, g = probes.state_targets(flat(self.states), groups, periodic)
     test_x = {"trained": flat(self.embeds)}
-    batches, _ = pipeline.eval_batches(c.data, c.eval.split, c.eval.batch_size, c.eval.max_clips or None)
+    # The same clips as the trained side: evaluate's --max_clips may cap them below eval.max_clips.
+    batches, _ = pipeline.eval_batches(c.data, c.eval.split, c.eval.batch_size, sum(map(len, self.states)))
     test_x["random_init"] = flat(
       [
         np.asarray(encode["random_init"](random_init, jax.numpy.asarray(b["video"])))[np.asarray(b["valid"]) > 0]
