@@ -58,9 +58,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     attention="auto",
   )
   c.optim.update(lr=5e-4, warmup_steps=100, weight_decay=0.05)
-  # Linear state probes of the embeddings (trained vs random init) at evaluation, for datasets with a `state`: fit
-  # on probe_train_split (probe_clips clips at most), scored on the evaluated split (objectives/wm_eval.py).
-  c.eval.update(probes=True, probe_train_split="train", probe_clips=256)
+  # Linear state probes at evaluation (trained vs random init vs pixels), for datasets with a `state`: fit on
+  # probe_train_split (probe_clips clips at most), scored on the evaluated split, frame t from frames t-h+1..t
+  # (h = probe_history: 2 shows velocity). rollout_frames: eval clip length (0: num_frames), so that the rollout
+  # error reaches horizon rollout_frames - context_frames (objectives/wm_eval.py).
+  c.eval.update(probes=True, probe_train_split="train", probe_clips=256, probe_history=2, rollout_frames=8)
 
   if variant == "tiny":
     c.total_steps = 20

@@ -201,6 +201,7 @@ def run(
     size=config.model.size,
     camera=int(meta.get("camera", 0)),
     action_repeat=int(meta.get("action_repeat", 1)),
+    render_target=bool(meta.get("render_target", True)),
   )
   if len(env.low_A) != config.model.action_dim:
     raise ValueError(
