@@ -137,3 +137,24 @@ def test_tiny_train_evaluate_and_load_encoder(tmp_path, dataset):
   enc, cfg = encoders.load_encoder(str(w))
   feats = encoders.encode(enc, np.zeros((2, 1, cfg.size, cfg.size, 3), np.uint8))
   assert feats.shape == (2, (cfg.size // 8) ** 2, 64)
+
+
+@pytest.mark.slow
+def test_collapsing_run_warns_naming_monitor_and_step(tmp_path):
+  from worldmodel.data import records
+
+  # Every frame the same picture: the embeddings cannot depend on the clip, a collapse from the first step.
+  rng = np.random.default_rng(0)
+  ep = lambda: {"video": np.zeros((8, 32, 32, 3), np.uint8), "action": rng.uniform(-1, 1, (8, 2)).astype(np.float32)}  # noqa: E731
+  out = str(tmp_path / "blank")
+  records.write_dataset(out, {s: [ep() for _ in range(n)] for s, n in (("train", 4), ("val", 1), ("test", 1))}, {})
+  r = run_cli(
+    "worldmodel.train",
+    "--config=experiments/wm.py:tiny",
+    f"--workdir={tmp_path / 'w'}",
+    f"--config.data.dir={out}",
+    "--config.total_steps=5",
+    "--config.model.size=32",
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "WARNING step 5: representation may be collapsing: monitor/target_std=" in r.stdout, r.stdout[-2000:]
