@@ -130,13 +130,14 @@ def test_tiny_train_evaluate_and_load_encoder(tmp_path, dataset):
   r = run_cli("worldmodel.evaluate", f"--workdir={w}", "--max_clips=16")
   assert r.returncode == 0, r.stderr[-3000:]
   m = json.load(open(os.path.join(w, "eval", "20", "metrics.json")))
-  assert len(m["rollout_mse"]) == 3 and 0 < m["num_clips"] <= 16  # horizons 1..3 from one context frame
+  assert len(m["rollout_mse"]) == 7 and 0 < m["num_clips"] <= 16  # eval.rollout_frames=8: h 1..7 from one frame
+  assert "rollout_mse_vs_copy_last_h4" in m
   assert m["embedding_target_std"] > 0 and "rollout_mse_vs_copy_last_h1" in m
   assert set(m["probe_r2_linear"]) == {"trained", "random_init", "pixels"} and m["probe_history"] == 2
   assert "agent_pos" in m["probe_r2_linear"]["pixels"] and isinstance(m["probe_saturated_groups"], list)
   enc, cfg = encoders.load_encoder(str(w))
   feats = encoders.encode(enc, np.zeros((2, 1, cfg.size, cfg.size, 3), np.uint8))
-  assert feats.shape == (2, (cfg.size // 8) ** 2, 64)
+  assert feats.shape == (2, (cfg.size // cfg.tubelet[1]) ** 2, 64)
 
 
 @pytest.mark.slow
