@@ -3,6 +3,8 @@
 Skipped when dm_control is not installed (`make install-dmc`).
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -120,3 +122,16 @@ def test_unknown_task_lists_tasks():
   assert proc.returncode == 2
   err_lines = proc.stderr.strip().splitlines()
   assert err_lines[-1].startswith("error:") and "reacher-easy" in err_lines[-1]
+
+
+def test_render_target_off_hides_the_target_only(env):
+  hidden = dataclasses.replace(SPEC, render_target=False)
+  env_hidden = dmc.load_env(hidden)
+  shown, ep = dmc.rollout(env, SPEC, 3), dmc.rollout(env_hidden, hidden, 3)
+  np.testing.assert_array_equal(shown["state"], ep["state"])  # same physics, rewards too
+  np.testing.assert_array_equal(shown["reward"], ep["reward"])
+  changed = np.any(shown["video"][0] != ep["video"][0], axis=-1).mean()
+  assert 0 < changed < 0.05, changed  # the small target sphere, nothing else
+  assert dmc.meta(env_hidden, hidden)["render_target"] is False
+  with pytest.raises(ValueError, match="no geom named 'target'"):
+    dmc.load_env(dmc.Spec("cartpole", "swingup", frames=2, size=16, render_target=False))

@@ -12,7 +12,7 @@ from conftest import experiment_config, run_cli
 from flax import nnx
 
 from worldmodel import metrics
-from worldmodel.objectives import wm
+from worldmodel.objectives import wm, wm_eval
 
 
 def test_epps_pulley_small_for_gaussian_large_for_collapsed():
@@ -95,6 +95,17 @@ def test_loss_trains_encoder_and_predictor_jointly():
   assert any(w.startswith("monitor/target_std=") for w in warnings), warnings
 
 
+def test_probe_features_pixels_history_and_saturated_groups():
+  video = np.zeros((2, 3, 64, 64, 3), np.uint8)
+  video[0, 1, :4, :4, 0] = 255  # exactly one 4 x 4 block of the 16 x 16 grid, red
+  px = wm_eval.pixel_features(video)
+  assert px.shape == (2, 3, 16 * 16 * 3) and px[0, 1, 0] == 1.0 and px.sum() == 1.0
+  x = np.arange(6, dtype=np.float32).reshape(2, 3, 1)
+  np.testing.assert_array_equal(wm_eval.with_history(x, 2)[0], [[0, 1], [1, 2]])  # frame t beside frame t-1
+  r2 = {"trained": {"qpos": 0.99, "qvel": 0.5}, "pixels": {"qpos": 0.96, "qvel": 0.99}}
+  assert wm_eval.saturated_groups(r2) == ["qpos"]
+
+
 def test_config_error_at_start(tmp_path, dataset):
   r = run_cli(
     "worldmodel.train",
@@ -119,9 +130,32 @@ def test_tiny_train_evaluate_and_load_encoder(tmp_path, dataset):
   r = run_cli("worldmodel.evaluate", f"--workdir={w}", "--max_clips=16")
   assert r.returncode == 0, r.stderr[-3000:]
   m = json.load(open(os.path.join(w, "eval", "20", "metrics.json")))
-  assert len(m["rollout_mse"]) == 3 and 0 < m["num_clips"] <= 16  # horizons 1..3 from one context frame
+  assert len(m["rollout_mse"]) == 7 and 0 < m["num_clips"] <= 16  # eval.rollout_frames=8: h 1..7 from one frame
+  assert "rollout_mse_vs_copy_last_h4" in m
   assert m["embedding_target_std"] > 0 and "rollout_mse_vs_copy_last_h1" in m
-  assert set(m["probe_r2_linear"]) == {"trained", "random_init"} and "agent_pos" in m["probe_r2_linear"]["trained"]
+  assert set(m["probe_r2_linear"]) == {"trained", "random_init", "pixels"} and m["probe_history"] == 2
+  assert "agent_pos" in m["probe_r2_linear"]["pixels"] and isinstance(m["probe_saturated_groups"], list)
   enc, cfg = encoders.load_encoder(str(w))
   feats = encoders.encode(enc, np.zeros((2, 1, cfg.size, cfg.size, 3), np.uint8))
-  assert feats.shape == (2, (cfg.size // 8) ** 2, 64)
+  assert feats.shape == (2, (cfg.size // cfg.tubelet[1]) ** 2, 64)
+
+
+@pytest.mark.slow
+def test_collapsing_run_warns_naming_monitor_and_step(tmp_path):
+  from worldmodel.data import records
+
+  # Every frame the same picture: the embeddings cannot depend on the clip, a collapse from the first step.
+  rng = np.random.default_rng(0)
+  ep = lambda: {"video": np.zeros((8, 32, 32, 3), np.uint8), "action": rng.uniform(-1, 1, (8, 2)).astype(np.float32)}  # noqa: E731
+  out = str(tmp_path / "blank")
+  records.write_dataset(out, {s: [ep() for _ in range(n)] for s, n in (("train", 4), ("val", 1), ("test", 1))}, {})
+  r = run_cli(
+    "worldmodel.train",
+    "--config=experiments/wm.py:tiny",
+    f"--workdir={tmp_path / 'w'}",
+    f"--config.data.dir={out}",
+    "--config.total_steps=5",
+    "--config.model.size=32",
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "WARNING step 5: representation may be collapsing: monitor/target_std=" in r.stdout, r.stdout[-2000:]

@@ -55,6 +55,12 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
   flags.DEFINE_integer(
     "action_repeat", 1, "dmc, tworoom: env steps per recorded frame (action held; the frame skip).", lower_bound=1
   )
+  flags.DEFINE_bool(
+    "render_target",
+    True,
+    "dmc: draw the task's `target` geom (reacher's goal sphere). --render_target=0 hides it, as LeWM's reacher data "
+    "does: a static distractor the encoder would otherwise spend capacity on; physics and rewards are unchanged.",
+  )
   flags.DEFINE_integer(
     "workers",
     min(2, os.cpu_count() or 1),
@@ -106,6 +112,7 @@ class Config:
   num_balls: int = 3
   camera: int = 0  # dmc
   action_repeat: int = 1  # dmc, tworoom
+  render_target: bool = True  # dmc
   workers: int = 1  # dmc
   fps: float = 8.0  # video
   max_frames: int = 512  # video
@@ -143,7 +150,9 @@ def _dmc(arg: str, cfg: Config) -> Source:
   from worldmodel.data.sources import dmc
 
   domain, task = dmc.parse_task(arg)
-  gen = dmc.Generator(dmc.Spec(domain, task, cfg.frames, cfg.size, cfg.camera, cfg.action_repeat), cfg.workers)
+  gen = dmc.Generator(
+    dmc.Spec(domain, task, cfg.frames, cfg.size, cfg.camera, cfg.action_repeat, cfg.render_target), cfg.workers
+  )
   return Source(gen.make_episode, gen.meta, gen.make_episodes)
 
 
@@ -396,6 +405,7 @@ def main(argv):
     num_balls=FLAGS.num_balls,
     camera=FLAGS.camera,
     action_repeat=FLAGS.action_repeat,
+    render_target=FLAGS.render_target,
     workers=FLAGS.workers,
     fps=FLAGS.fps,
     max_frames=FLAGS.max_frames,

@@ -99,12 +99,18 @@ class GoalEnv:
   """Pixel observations, goal image, distance/success for one dm_control task."""
 
   def __init__(
-    self, task: str = "reacher-easy", size: int = 64, camera: int = 0, action_repeat: int = 1, seed: int = 0
+    self,
+    task: str = "reacher-easy",
+    size: int = 64,
+    camera: int = 0,
+    action_repeat: int = 1,
+    seed: int = 0,
+    render_target: bool = True,
   ):
     if task not in TASKS:
       raise ValueError(f"GoalEnv does not support {task!r}; supported tasks: {', '.join(sorted(TASKS))}")
     domain, _, name = task.partition("-")
-    self.spec = dmc.Spec(domain, name, frames=1, size=size, camera=camera, action_repeat=action_repeat)
+    self.spec = dmc.Spec(domain, name, 1, size, camera, action_repeat, render_target)
     self.env = dmc.load_env(self.spec)
     self.physics = self.env.physics
     self.task = TASKS[task](self.physics)

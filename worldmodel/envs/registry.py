@@ -15,9 +15,13 @@ def _dmc(arg: str, config, meta: dict):
   dmc.require_installed()
   from worldmodel.envs import dmc_goal
 
-  # The env must show what the model was trained on: same frame size, camera and action repeat as the data.
+  # The env must show what the model was trained on: same frame size, camera, action repeat and target drawing.
   return dmc_goal.GoalEnv(
-    arg, size=config.model.size, camera=int(meta.get("camera", 0)), action_repeat=int(meta.get("action_repeat", 1))
+    arg,
+    size=config.model.size,
+    camera=int(meta.get("camera", 0)),
+    action_repeat=int(meta.get("action_repeat", 1)),
+    render_target=bool(meta.get("render_target", True)),
   )
 
 

@@ -186,7 +186,9 @@ from worldmodel.objectives.wm_eval import Evaluator  # noqa: E402
 @base.register
 class WorldModelObjective(base.Objective):
   name = "wm"
-  defaults = {"eval": {"probes": True, "probe_train_split": "train", "probe_clips": 256}}
+  defaults = {
+    "eval": {"probes": True, "probe_train_split": "train", "probe_clips": 256, "probe_history": 1, "rollout_frames": 0}
+  }
   create_model, batch_spec = staticmethod(create_model), staticmethod(batch_spec)
   check_config, check_data = staticmethod(check_config), staticmethod(common.check_frames)
   loss_fn, eval_step, Evaluator = staticmethod(loss_fn), staticmethod(eval_step), Evaluator
@@ -197,6 +199,8 @@ class WorldModelObjective(base.Objective):
   def configure_eval(self, config, *, context=None, perceptual="", probes=True) -> None:
     super().configure_eval(config, perceptual=perceptual, probes=probes)
     config.eval.probes = config.eval.probes and probes
+    if config.eval.rollout_frames:  # longer eval clips than training ones: rollout error at larger horizons
+      config.data.num_frames = config.model.frames = int(config.eval.rollout_frames)
     if context is not None:
       config.model.context_frames = context
       check_config(config)

@@ -51,6 +51,7 @@ class Spec:
   size: int = 64
   camera: int = 0
   action_repeat: int = 1
+  render_target: bool = True  # False: the task's `target` geom is not drawn (LeWM's reacher; a static distractor)
 
 
 def require_installed() -> None:
@@ -131,7 +132,18 @@ def load_env(spec: Spec):
   model.vis.global_.offheight = spec.size
   model.light_castshadow[:] = 0
   model.mat_reflectance[:] = 0
+  if not spec.render_target:
+    hide_target(model)
   return env
+
+
+def hide_target(model) -> None:
+  """Moves geoms named `target` to group 3, which the default scene option does not draw; physics and rewards are
+  unchanged (reacher's target still defines the reward)."""
+  ids = [g for g in range(model.ngeom) if model.id2name(g, "geom") == "target"]
+  if not ids:
+    raise ValueError("--render_target=0: this task has no geom named 'target' to hide")
+  model.geom_group[ids] = 3
 
 
 def meta(env, spec: Spec) -> dict:
@@ -149,6 +161,7 @@ def meta(env, spec: Spec) -> dict:
     "task": spec.task,
     "camera": spec.camera,
     "action_repeat": spec.action_repeat,
+    "render_target": spec.render_target,
     "action_dim": int(env.action_spec().shape[0]),
     "control_timestep": float(env.control_timestep()) * spec.action_repeat,
     "gl_backend": os.environ.get("MUJOCO_GL"),
