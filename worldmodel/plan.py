@@ -12,6 +12,14 @@ Episode seeds start at 1,000,000 so they never coincide with generated training 
 encoder and the cost but predicts with the true MuJoCo physics (each candidate's end pose rendered and encoded):
 if it also fails, the representation / cost is what limits planning, not the predictor. `oracle` uses the true
 physics and the true fingertip distance: the planner's own ceiling at this horizon and sample budget.
+
+--protocol=lewm evaluates as LeWM / stable-worldmodel do on reacher (worldmodel/envs/goal_protocol.py): start and
+goal image from held-out random-policy trajectories, goal 25 control steps after the start, 50 control steps to
+reach it, success = every joint within 0.05 rad at any control step; CEM 300 samples x 30 iterations, top 30,
+horizon 5 frames all executed before replanning; 50 episodes. It reports success with a 95 % Wilson interval for
+the model, random actions and a true-physics oracle (same CEM toward the goal's qpos), and seconds per plan:
+
+  python -m worldmodel.plan --workdir=WM_WORKDIR --env=dmc:reacher-easy --protocol=lewm   # -> plan/<step>-lewm/
 """
 
 from __future__ import annotations
@@ -204,28 +212,6 @@ def make_planner(
   return functools.partial(plan, weights)
 
 
-# Planner settings a flag left unset takes, per protocol: ours, and LeWM's (solver/cem.yaml: CEM 300 samples,
-# 30 iterations, top 30; reacher.yaml: horizon 5 frames, all 5 executed before replanning, 50 episodes).
-DEFAULTS = {
-  "reach": dict(episodes=10, horizon=4, samples=64, iterations=4, elites=8, replan_every=1),
-  "lewm": dict(episodes=50, horizon=5, samples=300, iterations=30, elites=30, replan_every=None),
-}
-
-
-def settings(protocol: str, **given) -> dict:
-  """Each given setting, else the protocol's default (lewm replans once per horizon); ValueError if it cannot work."""
-  s = {k: v if given.get(k) is None else given[k] for k, v in DEFAULTS[protocol].items()}
-  s["replan_every"] = s["replan_every"] or s["horizon"]
-  for key, value in s.items():
-    if value <= 0:
-      raise ValueError(f"--{key}={value}: must be at least 1")
-  if s["elites"] > s["samples"]:
-    raise ValueError(f"--elites={s['elites']} must not exceed --samples={s['samples']}")
-  if s["replan_every"] > s["horizon"]:
-    raise ValueError(f"--replan_every={s['replan_every']} must not exceed --horizon={s['horizon']}")
-  return s
-
-
 def build_env(env_name: str, config, workdir: str):
   """The planning env as the model's data showed it (frame size, camera, action repeat of its data); ValueError
   naming both sides when its actions or frames differ from the model's."""
@@ -287,7 +273,7 @@ def run(
   metrics.json and media to `out_dir` (default WORKDIR/plan/<step>[-lewm][-dynamics]) and returns the metrics."""
   from worldmodel.envs import goal_protocol
 
-  s = settings(
+  s = goal_protocol.planner_settings(
     protocol,
     episodes=episodes,
     horizon=horizon,
@@ -334,24 +320,16 @@ def run(
     plan_fns = {"planned": make(dynamics=dynamics)}
     if oracle and dynamics != "oracle":
       plan_fns["oracle"] = make(dynamics="oracle")
-    return _run_lewm(plan_env, plan_fns, lewm, s, head, seed, context, cost_steps, out_dir)
+    return _run_lewm(plan_env, plan_fns, lewm, s, head, seed, context, out_dir)
   return _run_reach(env, make(dynamics=dynamics), s, head, steps, seed, context, out_dir)
 
 
-def _run_lewm(case_env, plan_fns, lewm, s, head, seed, context, cost_steps, out_dir) -> dict:
+def _run_lewm(case_env, plan_fns, lewm, s, head, seed, context, out_dir) -> dict:
   from worldmodel.envs import goal_protocol
 
   t0 = time.time()
-  runs = goal_protocol.evaluate(
-    case_env,
-    plan_fns,
-    lewm,
-    episodes=s["episodes"],
-    seed=SEED_OFFSET + seed,
-    horizon=s["horizon"],
-    replan_every=s["replan_every"],
-    context=context,
-  )
+  kw = dict(episodes=s["episodes"], seed=SEED_OFFSET + seed, horizon=s["horizon"], replan_every=s["replan_every"])
+  runs = goal_protocol.evaluate(case_env, plan_fns, lewm, context=context, **kw)
   result = {
     **head,
     **dataclasses.asdict(lewm),

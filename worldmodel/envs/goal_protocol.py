@@ -58,6 +58,28 @@ class Protocol:
     return self.goal_offset // action_repeat, self.budget // action_repeat, self.trajectory_steps // action_repeat + 1
 
 
+# Planner settings a flag left unset takes, per protocol: ours, and LeWM's (solver/cem.yaml: CEM 300 samples,
+# 30 iterations, top 30; reacher.yaml: horizon 5 frames, all 5 executed before replanning, 50 episodes).
+DEFAULTS = {
+  "reach": dict(episodes=10, horizon=4, samples=64, iterations=4, elites=8, replan_every=1),
+  "lewm": dict(episodes=50, horizon=5, samples=300, iterations=30, elites=30, replan_every=None),
+}
+
+
+def planner_settings(protocol: str, **given) -> dict:
+  """Each given setting, else the protocol's default (lewm replans once per horizon); ValueError if it cannot work."""
+  s = {k: v if given.get(k) is None else given[k] for k, v in DEFAULTS[protocol].items()}
+  s["replan_every"] = s["replan_every"] or s["horizon"]
+  for key, value in s.items():
+    if value <= 0:
+      raise ValueError(f"--{key}={value}: must be at least 1")
+  if s["elites"] > s["samples"]:
+    raise ValueError(f"--elites={s['elites']} must not exceed --samples={s['samples']}")
+  if s["replan_every"] > s["horizon"]:
+    raise ValueError(f"--replan_every={s['replan_every']} must not exceed --horizon={s['horizon']}")
+  return s
+
+
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
   """Wilson score interval of a binomial rate (sane at 0 / n and n / n, unlike the normal approximation)."""
   if n <= 0:
