@@ -14,9 +14,9 @@ import pytest
 from conftest import experiment_config, run_cli
 
 from worldmodel import planning
-from worldmodel.envs.goal_protocol import Protocol, rate, wilson_interval
+from worldmodel.envs.goal_protocol import Protocol, planner_settings, rate, wilson_interval
 
-LEWM = Protocol()  # goal 25 control steps ahead, budget 50, 200-step trajectories, 0.05 rad
+LEWM = Protocol(goal_offset=25, budget=50, trajectory_steps=200)  # half LeWM's distances and budget: quicker
 
 
 def test_wilson_interval():
@@ -39,7 +39,7 @@ def test_wilson_interval():
   [
     (dict(budget=0), "--budget=0"),
     (dict(budget=-5), "--budget=-5"),
-    (dict(goal_offset=250), "--goal_offset=250 control steps is beyond"),
+    (dict(goal_offset=450), "--goal_offset=450 control steps is beyond"),
     (dict(goal_offset=0), "--goal_offset=0"),
     (dict(qpos_tolerance=0.0), "--qpos_tolerance"),
   ],
@@ -51,8 +51,18 @@ def test_settings_that_cannot_work_are_refused(kwargs, flag):
 
 def test_settings_must_be_whole_model_frames():
   Protocol().check(action_repeat=5)
-  assert Protocol().frames(5) == (5, 10, 41)
-  with pytest.raises(ValueError, match=r"--goal_offset=25 control steps is not a whole number.*multiple of 4"):
+  assert Protocol().frames(10) == (5, 10, 41)  # LeWM's frame: 5 env steps of 2 control steps
+  assert Protocol().frames(5) == (10, 20, 81)
+  s = planner_settings("lewm", Protocol().frames(5)[0])  # LeWM's CEM; its horizon spans the goal offset
+  assert [s[k] for k in ("horizon", "replan_every", "samples", "iterations", "elites", "episodes")] == [
+    10,
+    10,
+    300,
+    30,
+    30,
+    50,
+  ]
+  with pytest.raises(ValueError, match=r"--goal_offset=50 control steps is not a whole number.*multiple of 4"):
     Protocol().check(action_repeat=4)
 
 
@@ -198,8 +208,8 @@ def test_lewm_protocol_cli_end_to_end(tmp_path, reacher32):
   r = run_cli("worldmodel.plan", f"--workdir={w}", "--protocol=lewm", "--cost_steps=sum", *small)
   assert r.returncode == 0, r.stderr[-3000:]
   m = json.load(open(w / "plan" / "2-lewm" / "metrics.json"))
-  assert m["protocol"] == "lewm" and m["cost_steps"] == "sum" and m["horizon"] == 5 and m["replan_every"] == 5
-  assert (m["goal_offset"], m["budget"], m["qpos_tolerance"], m["action_repeat"]) == (25, 50, 0.05, 5)
+  assert m["protocol"] == "lewm" and m["cost_steps"] == "sum" and m["horizon"] == 10 and m["replan_every"] == 10
+  assert (m["goal_offset"], m["budget"], m["qpos_tolerance"], m["action_repeat"]) == (50, 100, 0.05, 5)
   for name in ("", "random_", "oracle_"):
     lo, hi = m[f"{name}success_ci95"]
     assert 0 <= lo <= m[f"{name}success_rate"] <= hi <= 1 and math.isfinite(m[f"{name}final_joint_error"])

@@ -14,9 +14,9 @@ if it also fails, the representation / cost is what limits planning, not the pre
 physics and the true fingertip distance: the planner's own ceiling at this horizon and sample budget.
 
 --protocol=lewm evaluates as LeWM / stable-worldmodel do on reacher (worldmodel/envs/goal_protocol.py): start and
-goal image from held-out random-policy trajectories, goal 25 control steps after the start, 50 control steps to
-reach it, success = every joint within 0.05 rad at any control step; CEM 300 samples x 30 iterations, top 30,
-horizon 5 frames all executed before replanning; 50 episodes. It reports success with a 95 % Wilson interval for
+goal image from held-out random-policy trajectories, goal 50 control steps (1 s) after the start, 100 control steps
+to reach it, success = every joint within 0.05 rad at any control step; CEM 300 samples x 30 iterations, top 30,
+a horizon spanning the goal offset, all executed before replanning; 50 episodes. It reports success with a 95 % Wilson interval for
 the model, random actions and a true-physics oracle (same CEM toward the goal's qpos), and seconds per plan:
 
   python -m worldmodel.plan --workdir=WM_WORKDIR --env=dmc:reacher-easy --protocol=lewm   # -> plan/<step>-lewm/
@@ -56,9 +56,10 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
   _EPISODES = flags.DEFINE_integer(
     "episodes", None, "Episodes to plan (and to run with random actions); default 10 / 50."
   )
-  _GOAL_OFFSET = flags.DEFINE_integer("goal_offset", 25, "lewm: control steps from the start to the goal observation.")
-  _BUDGET = flags.DEFINE_integer("budget", 50, "lewm: control steps the agent gets to reach the goal.")
-  _TRAJECTORY = flags.DEFINE_integer("trajectory_steps", 200, "lewm: control steps of each held-out trajectory.")
+  # In dm_control control steps (0.02 s on reacher); LeWM's env step is 2 of them: its 25 / 50 / 200 steps.
+  _GOAL_OFFSET = flags.DEFINE_integer("goal_offset", 50, "lewm: control steps from the start to the goal observation.")
+  _BUDGET = flags.DEFINE_integer("budget", 100, "lewm: control steps the agent gets to reach the goal.")
+  _TRAJECTORY = flags.DEFINE_integer("trajectory_steps", 400, "lewm: control steps of each held-out trajectory.")
   _TOLERANCE = flags.DEFINE_float("qpos_tolerance", 0.05, "lewm: success when every joint is this close (rad).")
   _ORACLE = flags.DEFINE_bool("oracle", True, "lewm: also plan with the true physics and the goal's qpos (ceiling).")
   _COST_STEPS = flags.DEFINE_enum(
@@ -69,7 +70,9 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
   )
   _STEPS = flags.DEFINE_integer("env_steps", 60, "Environment steps per episode (--step picks the checkpoint).")
   _OLD_STEPS = flags.DEFINE_integer("steps", None, "Renamed --env_steps (kept to say so).")
-  _HORIZON = flags.DEFINE_integer("horizon", None, "Planning horizon (predicted frames); default 4 (reach), 5 (lewm).")
+  _HORIZON = flags.DEFINE_integer(
+    "horizon", None, "Planning horizon (predicted frames); default 4 (reach), the goal offset in frames (lewm)."
+  )
   _CONTEXT = flags.DEFINE_integer(
     "context",
     None,
@@ -291,6 +294,7 @@ def run(
   env = build_env(env_name, config, workdir)
   if protocol == "lewm":
     lewm.check(env.spec.action_repeat)
+    s = goal_protocol.planner_settings(protocol, lewm.frames(env.spec.action_repeat)[0], **s)
   context = int(config.model.context_frames) if context is None else context
   cost = cost or ("l2" if config.model.loss_exp == 2 else "l1")  # the distance its predictions minimise
   if context < 1 or context + s["horizon"] > config.model.max_frames:

@@ -4,7 +4,8 @@ As stable-worldmodel evaluates LeWM, DINO-WM and PLDM on reacher: the start is a
 trajectory, the goal image is the same trajectory's observation `goal_offset` control steps later, the agent has
 `budget` control steps, and an episode succeeds when every joint is within `qpos_tolerance` rad of the goal's qpos
 at any control step (the episode would terminate there). Units are control steps (one dm_control step, 0.02 s on
-reacher); a model frame spans the data's action repeat (LeWM: frame skip 5). Differences from LeWM: BUILD_NOTES.md.
+reacher); a model frame spans the data's action repeat (LeWM: 5 env steps of 2 control steps each). Differences
+from LeWM: BUILD_NOTES.md.
 
 The held-out trajectories are episodes of our own dataset generator (`dmc.rollout`: same policy, rendering,
 camera, size and action repeat as the training data) with seeds no dataset uses, so the goal image is exactly
@@ -25,11 +26,13 @@ Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
-  """LeWM's reacher settings (scripts/plan/config/reacher.yaml, custom_tasks/reacher.py), in control steps."""
+  """LeWM's reacher settings (scripts/plan/config/reacher.yaml, custom_tasks/reacher.py) in dm_control control
+  steps: its env steps hold each action for 2 of them (DMControlWrapper.action_repeat), so its goal offset of 25
+  env steps is 50 control steps, its budget of 50 is 100, and its 200-step episodes are 400."""
 
-  goal_offset: int = 25
-  budget: int = 50
-  trajectory_steps: int = 200  # its random-policy data: 200-step episodes
+  goal_offset: int = 50
+  budget: int = 100
+  trajectory_steps: int = 400
   qpos_tolerance: float = 0.05
 
   def check(self, action_repeat: int | None = None) -> None:
@@ -59,23 +62,27 @@ class Protocol:
 
 
 # Planner settings a flag left unset takes, per protocol: ours, and LeWM's (solver/cem.yaml: CEM 300 samples,
-# 30 iterations, top 30; reacher.yaml: horizon 5 frames, all 5 executed before replanning, 50 episodes).
+# 30 iterations, top 30; reacher.yaml: 50 episodes, a horizon that spans the goal offset, all of it executed
+# before replanning; None: known once the model's frame skip is).
 DEFAULTS = {
   "reach": dict(episodes=10, horizon=4, samples=64, iterations=4, elites=8, replan_every=1),
-  "lewm": dict(episodes=50, horizon=5, samples=300, iterations=30, elites=30, replan_every=None),
+  "lewm": dict(episodes=50, horizon=None, samples=300, iterations=30, elites=30, replan_every=None),
 }
 
 
-def planner_settings(protocol: str, **given) -> dict:
-  """Each given setting, else the protocol's default (lewm replans once per horizon); ValueError if it cannot work."""
+def planner_settings(protocol: str, frames_to_goal: int | None = None, **given) -> dict:
+  """Each given setting, else the protocol's default: for lewm the horizon is `frames_to_goal` (the goal offset in
+  model frames) and replanning happens once per horizon. ValueError for settings that cannot work; call it before
+  `frames_to_goal` is known to check the rest early."""
   s = {k: v if given.get(k) is None else given[k] for k, v in DEFAULTS[protocol].items()}
+  s["horizon"] = s["horizon"] or frames_to_goal
   s["replan_every"] = s["replan_every"] or s["horizon"]
   for key, value in s.items():
-    if value <= 0:
+    if value is not None and value <= 0:
       raise ValueError(f"--{key}={value}: must be at least 1")
   if s["elites"] > s["samples"]:
     raise ValueError(f"--elites={s['elites']} must not exceed --samples={s['samples']}")
-  if s["replan_every"] > s["horizon"]:
+  if s["horizon"] and s["replan_every"] > s["horizon"]:
     raise ValueError(f"--replan_every={s['replan_every']} must not exceed --horizon={s['horizon']}")
   return s
 
