@@ -16,8 +16,9 @@ physics and the true fingertip distance: the planner's own ceiling at this horiz
 --protocol=lewm evaluates as LeWM / stable-worldmodel do on reacher (worldmodel/envs/goal_protocol.py): start and
 goal image from held-out random-policy trajectories, goal 50 control steps (1 s) after the start, 100 control steps
 to reach it, success = every joint within 0.05 rad at any control step; CEM 300 samples x 30 iterations, top 30,
-a horizon spanning the goal offset, all executed before replanning; 50 episodes. It reports success with a 95 % Wilson interval for
-the model, random actions and a true-physics oracle (same CEM toward the goal's qpos), and seconds per plan:
+a horizon spanning the goal offset, all executed before replanning; 50 episodes. It reports success with a 95 %
+Wilson interval for the model, random actions and a true-physics oracle (same CEM toward the goal's qpos), and
+seconds per plan:
 
   python -m worldmodel.plan --workdir=WM_WORKDIR --env=dmc:reacher-easy --protocol=lewm   # -> plan/<step>-lewm/
 """
