@@ -22,6 +22,7 @@ import numpy as np
 from worldmodel.data.sources import dmc
 
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+START_STREAM = 25  # the start index's random stream: np.random.default_rng([trajectory seed, START_STREAM])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +127,7 @@ def make_case(env, seed: int, protocol: Protocol) -> Case:
   (eval_wm.py: start <= length - offset - 1), a pure function of the seed."""
   offset, _, frames = protocol.frames(env.spec.action_repeat)
   episode = dmc.rollout(env.env, dataclasses.replace(env.spec, frames=frames), seed)
-  start = int(np.random.default_rng([seed, 25]).integers(0, frames - offset))
+  start = int(np.random.default_rng([seed, START_STREAM]).integers(0, frames - offset))
   return Case(seed=seed, start=start, offset=offset, episode=episode)
 
 
