@@ -353,7 +353,8 @@ def _run_reach(env, plan_fn, s, head, steps, seed, context, out_dir) -> dict:
   t0 = time.time()
   for i in range(s["episodes"]):
     ep_seed = SEED_OFFSET + seed + i
-    planned.append(planning.run_mpc(env, plan_fn, steps=steps, horizon=s["horizon"], seed=ep_seed, context=context))
+    kw = dict(steps=steps, horizon=s["horizon"], replan_every=s["replan_every"], seed=ep_seed, context=context)
+    planned.append(planning.run_mpc(env, plan_fn, **kw))
     random.append(planning.random_policy_episode(env, steps, seed=ep_seed))
     p, r = planned[-1], random[-1]
     print(
