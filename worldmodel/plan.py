@@ -12,6 +12,15 @@ Episode seeds start at 1,000,000 so they never coincide with generated training 
 encoder and the cost but predicts with the true MuJoCo physics (each candidate's end pose rendered and encoded):
 if it also fails, the representation / cost is what limits planning, not the predictor. `oracle` uses the true
 physics and the true fingertip distance: the planner's own ceiling at this horizon and sample budget.
+
+--protocol=lewm evaluates as LeWM / stable-worldmodel do on reacher (worldmodel/envs/goal_protocol.py): start and
+goal image from held-out random-policy trajectories, goal 50 control steps (1 s) after the start, 100 control steps
+to reach it, success = every joint within 0.05 rad at any control step; CEM 300 samples x 30 iterations, top 30,
+a horizon spanning the goal offset, all executed before replanning; 50 episodes. It reports success with a 95 %
+Wilson interval for the model, random actions and a true-physics oracle (same CEM toward the goal's qpos), and
+seconds per plan:
+
+  python -m worldmodel.plan --workdir=WM_WORKDIR --env=dmc:reacher-easy --protocol=lewm   # -> plan/<step>-lewm/
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ if __name__ == "__main__":  # first, before the heavy imports: restart under tcm
 
   allocator.use_tcmalloc()
 
+import dataclasses
 import functools
 import json
 import os
@@ -40,10 +50,35 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
     "Environment: dmc:DOMAIN-TASK with a goal definition, or tworoom (LeWM's protocol: "
     "--env_steps=10 --horizon=5 with frame skip 5).",
   )
-  _EPISODES = flags.DEFINE_integer("episodes", 10, "Episodes to plan (and to run with random actions).")
+  _PROTOCOL = flags.DEFINE_enum(
+    "protocol",
+    "reach",
+    ["reach", "lewm"],
+    "reach: from a dataset-like reset to a goal image of the arm on the target (IK), success = fingertip in the "
+    "target, at any step and at the end. lewm: LeWM's protocol (start and goal image from held-out random-policy "
+    "trajectories, goal --goal_offset control steps later, --budget control steps, success = every joint within "
+    "--qpos_tolerance rad), reported with 95 % intervals beside random actions and a true-physics oracle.",
+  )
+  _EPISODES = flags.DEFINE_integer(
+    "episodes", None, "Episodes to plan (and to run with random actions); default 10 / 50."
+  )
+  # In dm_control control steps (0.02 s on reacher); LeWM's env step is 2 of them: its 25 / 50 / 200 steps.
+  _GOAL_OFFSET = flags.DEFINE_integer("goal_offset", 50, "lewm: control steps from the start to the goal observation.")
+  _BUDGET = flags.DEFINE_integer("budget", 100, "lewm: control steps the agent gets to reach the goal.")
+  _TRAJECTORY = flags.DEFINE_integer("trajectory_steps", 400, "lewm: control steps of each held-out trajectory.")
+  _TOLERANCE = flags.DEFINE_float("qpos_tolerance", 0.05, "lewm: success when every joint is this close (rad).")
+  _ORACLE = flags.DEFINE_bool("oracle", True, "lewm: also plan with the true physics and the goal's qpos (ceiling).")
+  _COST_STEPS = flags.DEFINE_enum(
+    "cost_steps",
+    "last",
+    ["last", "sum"],
+    "Which imagined frames the cost compares with the goal: the last one (LeWM, DINO-WM) or all, summed (EB-JEPA).",
+  )
   _STEPS = flags.DEFINE_integer("env_steps", 60, "Environment steps per episode (--step picks the checkpoint).")
   _OLD_STEPS = flags.DEFINE_integer("steps", None, "Renamed --env_steps (kept to say so).")
-  _HORIZON = flags.DEFINE_integer("horizon", 4, "Planning horizon (predicted frames).")
+  _HORIZON = flags.DEFINE_integer(
+    "horizon", None, "Planning horizon (predicted frames); default 4 (reach), the goal offset in frames (lewm)."
+  )
   _CONTEXT = flags.DEFINE_integer(
     "context",
     None,
@@ -51,9 +86,14 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
     "actions between them); default: the AC model's model.context_frames.",
   )
   _PLANNER = flags.DEFINE_enum("planner", "cem", ["cem", "mppi"], "Sampling planner.")
-  _SAMPLES = flags.DEFINE_integer("samples", 64, "Candidate action sequences per planner iteration.")
-  _ITERS = flags.DEFINE_integer("iterations", 4, "Planner iterations per step.")
-  _ELITES = flags.DEFINE_integer("elites", 8, "CEM elites.")
+  _SAMPLES = flags.DEFINE_integer(
+    "samples", None, "Candidate action sequences per planner iteration; default 64 / 300."
+  )
+  _ITERS = flags.DEFINE_integer("iterations", None, "Planner iterations per plan; default 4 (reach) / 30 (lewm).")
+  _ELITES = flags.DEFINE_integer("elites", None, "CEM elites; default 8 (reach) / 30 (lewm).")
+  _REPLAN = flags.DEFINE_integer(
+    "replan_every", None, "Frames executed from each plan before replanning; default 1 (reach), the horizon (lewm)."
+  )
   _DYNAMICS = flags.DEFINE_enum(
     "dynamics",
     "model",
@@ -78,11 +118,9 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
 SEED_OFFSET = 1_000_000
 
 
-def load_world_model(workdir: str, step: int | None = None):
-  """(step, config, model) of an AC workdir; a clear error for any other kind of run."""
-  from worldmodel import checkpoint as ckpt_lib
+def load_config(workdir: str):
+  """A plannable workdir's config; a clear error for any other kind of run."""
   from worldmodel import objectives
-  from worldmodel import runtime as runtime_lib
 
   config = config_lib.load_workdir_config(workdir)
   if not objectives.get(config.objective).plannable:
@@ -91,6 +129,15 @@ def load_world_model(workdir: str, step: int | None = None):
       f"its features: python -m worldmodel.train --config=experiments/ac.py:dmc --config.model.encoder_source="
       f"{'THIS_WORKDIR' if config.objective == 'jepa' else 'JEPA_WORKDIR'} --workdir=AC_WORKDIR"
     )
+  return config
+
+
+def load_world_model(workdir: str, step: int | None = None, config=None):
+  """(step, config, model) of an AC / wm workdir."""
+  from worldmodel import checkpoint as ckpt_lib
+  from worldmodel import runtime as runtime_lib
+
+  config = config or load_config(workdir)
   rt = runtime_lib.build(config)
   ckpt = ckpt_lib.Checkpointer(storage.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
   step, state, _ = ckpt.restore(rt.abstract_state, step)
@@ -109,10 +156,12 @@ def make_planner(
   elites: int,
   dynamics: str = "model",
   cost: str = "l1",
+  cost_steps: str = "last",
 ):
   """plan_fn(obs_CHWC, goal_HWC, key, warm_HA, past_KA) -> actions_HA (see `planning.run_mpc`); one jitted function
   for the whole search, except with dynamics='simulator', whose search runs on the host (rendering cannot run inside
-  a jax callback's thread). The simulator and the oracle read the true state, not the observed frames."""
+  a jax callback's thread). The simulator and the oracle read the true state, not the observed frames.
+  cost_steps: compare the last imagined frame with the goal, or sum the distance over all of them (EB-JEPA)."""
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -123,10 +172,12 @@ def make_planner(
   low_A, high_A = env.low_A, env.high_A
   if cost not in ("l1", "l2"):
     raise ValueError(f"cost={cost!r}: choose l1 or l2")
+  if cost_steps == "sum" and dynamics == "simulator":
+    raise ValueError("--cost_steps=sum needs --dynamics=model or oracle (the simulator renders only the last frame)")
 
-  def distance(z_NPD, goal_PD):  # per candidate, over tokens and features
+  def distance(z_NPD, goal_PD):  # per candidate (and imagined frame), over tokens and features
     err = z_NPD - goal_PD
-    return jnp.mean(jnp.abs(err) if cost == "l1" else err * err, axis=(1, 2))
+    return jnp.mean(jnp.abs(err) if cost == "l1" else err * err, axis=(-2, -1))
 
   def search(cost_fn, key, warm_HA):
     common = dict(horizon=horizon, low_A=low_A, high_A=high_A, samples=samples, iterations=iterations)
@@ -162,88 +213,146 @@ def make_planner(
     def cost_fn(actions_NHA):
       n = actions_NHA.shape[0]
       a_NKA = jnp.concatenate([jnp.broadcast_to(past_KA, (n,) + past_KA.shape), actions_NHA], axis=1)
-      preds = m.rollout(jnp.broadcast_to(z_1CPD, (n,) + z_1CPD.shape[1:]), a_NKA, horizon)
-      return distance(preds[:, -1], goal_PD)
+      preds_NHPD = m.rollout(jnp.broadcast_to(z_1CPD, (n,) + z_1CPD.shape[1:]), a_NKA, horizon)
+      return distance(preds_NHPD[:, -1], goal_PD) if cost_steps == "last" else distance(preds_NHPD, goal_PD).sum(1)
 
     return search(cost_fn, key, warm_HA)
 
   return functools.partial(plan, weights)
 
 
+def build_env(env_name: str, config, workdir: str):
+  """The planning env as the model's data showed it (frame size, camera, action repeat of its data); ValueError
+  naming both sides when its actions or frames differ from the model's."""
+  from worldmodel.data import pipeline, records
+  from worldmodel.envs import registry
+
+  registry.check_name(env_name)
+  meta = records.read_meta(pipeline.data_dirs(config.data)[0], pipeline.feature_map(config.data))
+  env = registry.make(env_name, config, meta)
+  registry.check_matches(env, config, env_name, workdir)
+  return env
+
+
 def run(
   workdir: str,
   *,
-  env_name: str,
-  episodes: int,
-  steps: int,
-  horizon: int,
-  planner: str,
-  samples: int,
-  iterations: int,
-  elites: int,
+  env_name: str = "dmc:reacher-easy",
+  protocol: str = "reach",
+  lewm=None,
+  episodes: int | None = None,
+  steps: int = 60,
+  horizon: int | None = None,
+  planner: str = "cem",
+  samples: int | None = None,
+  iterations: int | None = None,
+  elites: int | None = None,
+  replan_every: int | None = None,
   seed: int = 0,
   step: int | None = None,
   out_dir: str | None = None,
   dynamics: str = "model",
   context: int | None = None,
   cost: str | None = None,
+  cost_steps: str = "last",
+  oracle: bool = True,
 ) -> dict:
-  from worldmodel import media, planning
-  from worldmodel.data import pipeline, records
-  from worldmodel.envs import registry
+  """Plans `episodes` episodes under `protocol` (reach, or lewm with `lewm`: a goal_protocol.Protocol), writes
+  metrics.json and media to `out_dir` (default WORKDIR/plan/<step>[-lewm][-dynamics]) and returns the metrics."""
+  from worldmodel.envs import goal_protocol
 
-  registry.check_name(env_name)
-  step, config, model = load_world_model(workdir, step)
-  meta = records.read_meta(pipeline.data_dirs(config.data)[0], pipeline.feature_map(config.data))
-  env = registry.make(env_name, config, meta)
-  registry.check_matches(env, config, env_name, workdir)
-  context = int(config.model.context_frames) if context is None else context
-  cost = cost or ("l2" if config.model.loss_exp == 2 else "l1")  # the distance its predictions minimise
-  if context < 1 or context + horizon > config.model.max_frames:
-    raise ValueError(
-      f"--context={context} with --horizon={horizon} must fit the predictor's model.max_frames="
-      f"{config.model.max_frames} (and context >= 1)"
-    )
-  plan_fn = make_planner(
-    model,
-    env,
+  s = goal_protocol.planner_settings(
+    protocol,
+    episodes=episodes,
     horizon=horizon,
-    planner=planner,
     samples=samples,
     iterations=iterations,
     elites=elites,
-    dynamics=dynamics,
-    cost=cost,
+    replan_every=replan_every,
   )
+  lewm = lewm or goal_protocol.Protocol()
+  if protocol == "lewm" and not env_name.startswith("dmc:"):
+    raise ValueError(f"--protocol=lewm is defined for dm_control reacher (dmc:...), not --env={env_name}")
+  if protocol == "lewm":
+    lewm.check()
+  elif steps <= 0:
+    raise ValueError(f"--env_steps={steps}: must be at least 1")
+  config = load_config(workdir)
+  env = build_env(env_name, config, workdir)
+  if protocol == "lewm":
+    lewm.check(env.spec.action_repeat)
+    s = goal_protocol.planner_settings(protocol, lewm.frames(env.spec.action_repeat)[0], **s)
+  context = int(config.model.context_frames) if context is None else context
+  cost = cost or ("l2" if config.model.loss_exp == 2 else "l1")  # the distance its predictions minimise
+  if context < 1 or context + s["horizon"] > config.model.max_frames:
+    raise ValueError(
+      f"--context={context} with --horizon={s['horizon']} must fit the predictor's model.max_frames="
+      f"{config.model.max_frames} (and context >= 1)"
+    )
+  step, config, model = load_world_model(workdir, step, config)
+  plan_env = goal_protocol.CaseEnv(env, lewm, cost_steps) if protocol == "lewm" else env
+  make = functools.partial(
+    make_planner,
+    model,
+    plan_env,
+    horizon=s["horizon"],
+    planner=planner,
+    samples=s["samples"],
+    iterations=s["iterations"],
+    elites=s["elites"],
+    cost=cost,
+    cost_steps=cost_steps,
+  )
+  head = {"step": step, "env": env_name, "protocol": protocol, **s, "context": context, "planner": planner}
+  head.update(dynamics=dynamics, cost=cost, cost_steps=cost_steps)
+  suffix = ("-lewm" if protocol == "lewm" else "") + ("" if dynamics == "model" else f"-{dynamics}")
+  out_dir = out_dir or storage.join(workdir, "plan", f"{step}{suffix}")
+  if protocol == "lewm":
+    plan_fns = {"planned": make(dynamics=dynamics)}
+    if oracle and dynamics != "oracle":
+      plan_fns["oracle"] = make(dynamics="oracle")
+    return _run_lewm(plan_env, plan_fns, lewm, s, head, seed, context, out_dir)
+  return _run_reach(env, make(dynamics=dynamics), s, head, steps, seed, context, out_dir)
+
+
+def _run_lewm(case_env, plan_fns, lewm, s, head, seed, context, out_dir) -> dict:
+  from worldmodel.envs import goal_protocol
+
+  t0 = time.time()
+  kw = dict(episodes=s["episodes"], seed=SEED_OFFSET + seed, horizon=s["horizon"], replan_every=s["replan_every"])
+  runs = goal_protocol.evaluate(case_env, plan_fns, lewm, context=context, **kw)
+  result = {
+    **head,
+    **dataclasses.asdict(lewm),
+    "action_repeat": case_env.spec.action_repeat,
+    **goal_protocol.summary(runs),
+  }
+  result["wall_seconds"] = time.time() - t0
+  curves = {name: np.mean([e["distance_T"] for e in eps], 0) for name, eps in runs.items()}
+  return _write(result, out_dir, runs["planned"][0], curves, "largest joint error (rad)")
+
+
+def _run_reach(env, plan_fn, s, head, steps, seed, context, out_dir) -> dict:
+  from worldmodel import planning
+
   planned, random = [], []
   t0 = time.time()
-  for i in range(episodes):
-    s = SEED_OFFSET + seed + i
-    planned.append(planning.run_mpc(env, plan_fn, steps=steps, horizon=horizon, seed=s, context=context))
-    random.append(planning.random_policy_episode(env, steps, seed=s))
+  for i in range(s["episodes"]):
+    ep_seed = SEED_OFFSET + seed + i
+    kw = dict(steps=steps, horizon=s["horizon"], replan_every=s["replan_every"], seed=ep_seed, context=context)
+    planned.append(planning.run_mpc(env, plan_fn, **kw))
+    random.append(planning.random_policy_episode(env, steps, seed=ep_seed))
     p, r = planned[-1], random[-1]
     print(
-      f"episode {i + 1}/{episodes} (seed {s}): planned success {p['success']} final distance "
+      f"episode {i + 1}/{s['episodes']} (seed {ep_seed}): planned success {p['success']} final distance "
       f"{p['final_distance']:.3f} | random success {r['success']} final distance {r['final_distance']:.3f} "
       f"| {np.median(p['plan_seconds'][1:] if len(p['plan_seconds']) > 1 else p['plan_seconds']):.3f} s/plan",
       flush=True,
     )
-
-  out_dir = out_dir or storage.join(workdir, "plan", str(step) if dynamics == "model" else f"{step}-{dynamics}")
-  mirror = storage.Mirror(out_dir)  # written locally, uploaded for a bucket
   plan_s = np.concatenate([p["plan_seconds"][1:] for p in planned if len(p["plan_seconds"]) > 1] or [[np.nan]])
   result = {
-    "step": step,
-    "env": env_name,
-    "episodes": episodes,
+    **head,
     "steps": steps,
-    "horizon": horizon,
-    "context": context,
-    "planner": planner,
-    "samples": samples,
-    "iterations": iterations,
-    "dynamics": dynamics,
-    "cost": cost,
     "success_rate": float(np.mean([p["success"] for p in planned])),
     "final_success_rate": float(np.mean([p["final_success"] for p in planned])),
     "final_distance": float(np.mean([p["final_distance"] for p in planned])),
@@ -253,22 +362,25 @@ def run(
     "plan_seconds_median": float(np.median(plan_s)),
     "wall_seconds": time.time() - t0,
   }
-  first = planned[0]
+  curves = {
+    "planned": np.mean([p["distance_T"] for p in planned], 0),
+    "random": np.mean([r["distance_T"] for r in random], 0),
+  }
+  return _write(result, out_dir, planned[0], curves, "fingertip-target distance")
+
+
+def _write(result: dict, out_dir: str, first: dict, curves: dict, ylabel: str) -> dict:
+  """metrics.json, a video of the first planned episode (observation | goal) and the mean distance curves."""
+  from worldmodel import media
+
+  mirror = storage.Mirror(out_dir)  # written locally, uploaded for a bucket
   goal = np.broadcast_to(first["goal_HWC"], first["frames_THWC"].shape)
   video = np.stack([media.side_by_side([f[None], g[None]])[0] for f, g in zip(first["frames_THWC"], goal)])
   video = media.caption(video, ["observed", "goal"])
+  title = f"{result['env']} ({result['protocol']}): mean over {result['episodes']} episodes"
   result["media"] = {
     "episode_mp4": media.write_mp4(os.path.join(mirror.local, "episode0_obs_vs_goal.mp4"), video, fps=10, scale=3),
-    "distance_png": media.plot_curves(
-      os.path.join(mirror.local, "distance.png"),
-      {
-        "planned": np.mean([p["distance_T"] for p in planned], 0),
-        "random": np.mean([r["distance_T"] for r in random], 0),
-      },
-      "env step",
-      "fingertip-target distance",
-      f"{env_name}: mean over {episodes} episodes",
-    ),
+    "distance_png": media.plot_curves(os.path.join(mirror.local, "distance.png"), curves, "env step", ylabel, title),
   }
   result = json.loads(json.dumps(result).replace(mirror.local, out_dir))
   with open(os.path.join(mirror.local, "metrics.json"), "w") as f:
@@ -288,11 +400,14 @@ def main(argv):
     )
   from worldmodel.checkpoint import CheckpointError
   from worldmodel.data.records import DatasetError
+  from worldmodel.envs import goal_protocol
 
   try:
     run(
       _WORKDIR.value,
       env_name=_ENV.value,
+      protocol=_PROTOCOL.value,
+      lewm=goal_protocol.Protocol(_GOAL_OFFSET.value, _BUDGET.value, _TRAJECTORY.value, _TOLERANCE.value),
       episodes=_EPISODES.value,
       steps=_STEPS.value,
       horizon=_HORIZON.value,
@@ -300,12 +415,15 @@ def main(argv):
       samples=_SAMPLES.value,
       iterations=_ITERS.value,
       elites=_ELITES.value,
+      replan_every=_REPLAN.value,
       seed=_SEED.value,
       step=_STEP.value,
       out_dir=_OUT.value,
       dynamics=_DYNAMICS.value,
       context=_CONTEXT.value,
       cost=_COST.value,
+      cost_steps=_COST_STEPS.value,
+      oracle=_ORACLE.value,
     )
   except (config_lib.ConfigError, CheckpointError, DatasetError, ValueError) as e:
     config_lib.die(str(e))

@@ -18,7 +18,7 @@ def _dmc(arg: str, config, meta: dict):
   # The env must show what the model was trained on: same frame size, camera, action repeat and target drawing.
   return dmc_goal.GoalEnv(
     arg,
-    size=config.model.size,
+    size=int(meta.get("size", config.model.size)),  # the data's size: a model trained on resized frames is refused
     camera=int(meta.get("camera", 0)),
     action_repeat=int(meta.get("action_repeat", 1)),
     render_target=bool(meta.get("render_target", True)),
@@ -64,5 +64,6 @@ def check_matches(env, config, env_name: str, workdir: str) -> None:
   size = int(config.model.size)
   if (h, w) != (size, size):
     raise ValueError(
-      f"{env_name} renders {h}x{w} frames but the model in {workdir} was trained on {size}x{size} frames (model.size)"
+      f"{env_name} renders {h}x{w} frames (the size of the model's data, {config.data.dir}) but the model in "
+      f"{workdir} takes {size}x{size} frames (model.size); plan with a model trained on frames of its data's size"
     )
