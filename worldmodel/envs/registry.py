@@ -64,6 +64,6 @@ def check_matches(env, config, env_name: str, workdir: str) -> None:
   size = int(config.model.size)
   if (h, w) != (size, size):
     raise ValueError(
-      f"{env_name} renders {h}x{w} frames (the size of the model's data, {config.data.dir}) but the model in "
-      f"{workdir} takes {size}x{size} frames (model.size); plan with a model trained on frames of its data's size"
+      f"{env_name} renders {h}x{w} frames (the size of the model's data) but the model in {workdir} takes "
+      f"{size}x{size} frames (model.size); plan with a model trained on frames of its data's size"
     )
