@@ -78,6 +78,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     loss_exp=1.0,
     predictor=dict(width=192, depth=6, heads=6, mlp_ratio=4.0),
     masks=masks(0.27, 0.09),
+    # Small-scale options (objectives/jepa.py), weights (0: off): SIGReg on the context tokens (LeJEPA), a loss on
+    # the context positions' predictions too (V-JEPA 2.1's dense loss).
+    reg=dict(sigreg=0.0, sigreg_projections=256, dense_context=0.0),
     attention="auto",  # auto (GPU: cuDNN flash, TPU: Pallas splash, CPU: ours), or xla / cudnn / splash / cpu
   )
   # V-JEPA: AdamW, warmup + cosine lr, weight decay cosine 0.04 → 0.4, EMA momentum linear 0.998 → 1.0.

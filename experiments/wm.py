@@ -61,11 +61,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     attention="auto",
   )
   c.optim.update(lr=5e-4, warmup_steps=100, weight_decay=0.05)
-  # Linear state probes at evaluation (trained vs random init vs pixels), for datasets with a `state`: fit on
+  # State probes at evaluation (trained vs random init vs pixels), for datasets with a `state`: fit on
   # probe_train_split (probe_clips clips at most), scored on the evaluated split, frame t from frames t-h+1..t
   # (h = probe_history: 2 shows velocity). rollout_frames: eval clip length (0: num_frames), so that the rollout
   # error reaches horizon rollout_frames - context_frames (objectives/wm_eval.py).
   c.eval.update(probes=True, probe_train_split="train", probe_clips=256, probe_history=2, rollout_frames=8)
+  # attentive_probes: also probe the encoder's tokens (and raw patches) with learned queries, probe_steps steps.
+  c.eval.update(attentive_probes=True, probe_steps=1500)
 
   if variant == "tworoom":
     c.data.num_frames = 6
@@ -88,5 +90,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.reg.sigreg_projections = 16
     c.optim.update(lr=1e-3, warmup_steps=5)
     c.checkpoint.every_steps = 10
-    c.eval.update(batch_size=8, probe_clips=32)
+    c.eval.update(batch_size=8, probe_clips=32, probe_steps=100)
   return c

@@ -146,6 +146,36 @@ def test_predictor_runs_mask_sets_of_equal_length_as_one_batch():
     np.testing.assert_allclose(joint, alone, atol=1e-5)
 
 
+def test_small_scale_options_sigreg_and_dense_context_loss(dataset):
+  """model.reg: the dense loss regresses the context positions too (their predictions come first), SIGReg adds
+  its statistic of the context tokens; both are logged, change the loss, and bad weights are refused."""
+  config = _config()
+  config.data.dir = dataset
+  batch = {k: jnp.asarray(v) for k, v in first_batch(config).items()}
+  model = jepa_obj.create_model(config, nnx.Rngs(0))
+  ctx_ids, tgt_ids = batch["short_ctx"], batch["short_tgt"]
+  ctx = model.encoder(batch["video"].astype(jnp.float32) / 255.0, ctx_ids)
+  dense = model.predictor([(ctx, ctx_ids, tgt_ids)], dense=True)[0]
+  plain = model.predictor([(ctx, ctx_ids, tgt_ids)])[0]
+  np.testing.assert_allclose(dense[:, ctx_ids.shape[1] :], plain, atol=1e-5)
+  rng = jax.random.key(0)
+  base, logs0 = jepa_obj.loss_fn(model, batch, rng=rng, train=True)
+  assert "loss/dense_context" not in logs0 and "loss/sigreg" not in logs0
+  for key in ("dense_context", "sigreg"):
+    c = _config(reg=dict(config.model.reg, **{key: 0.5}))
+    c.data.dir = dataset
+    jepa_obj.check_config(c)
+    m = jepa_obj.create_model(c, nnx.Rngs(0))
+    loss, logs = jepa_obj.loss_fn(m, batch, rng=rng, train=True)
+    assert float(logs[f"loss/{key}"]) > 0
+    np.testing.assert_allclose(float(loss), float(base) + 0.5 * float(logs[f"loss/{key}"]), rtol=1e-5)
+    np.testing.assert_allclose(float(logs["loss/short"]), float(logs0["loss/short"]), rtol=1e-5)
+  for bad, match in (({"sigreg": -1.0}, "model.reg.sigreg"), ({"dense": 1.0}, "unknown options")):
+    c = _config(reg=dict(config.model.reg, **bad))
+    with pytest.raises(ValueError, match=match):
+      jepa_obj.check_config(c)
+
+
 @pytest.mark.slow
 def test_jepa_train_evaluate_probes_and_bad_mask_config(tmp_path, dataset, jepa_tiny):
   w = pathlib.Path(jepa_tiny)

@@ -12,27 +12,29 @@ from conftest import experiment_config, run_cli
 from flax import nnx
 
 from worldmodel import metrics
+from worldmodel.objectives import regularisers as reg
 from worldmodel.objectives import wm, wm_eval
 
 
 def test_epps_pulley_small_for_gaussian_large_for_collapsed():
   x = jax.random.normal(jax.random.PRNGKey(0), (512, 16))
-  gauss = wm.epps_pulley(x)
+  gauss = reg.epps_pulley(x)
   assert float(jnp.mean(gauss)) < 1.5  # O(1) for N(0, 1) samples, whatever N
-  assert float(jnp.min(wm.epps_pulley(jnp.zeros_like(x)))) > 100  # a constant: grows with N
-  assert float(jnp.min(wm.epps_pulley(0.1 * x))) > 50  # right shape, wrong scale
-  assert float(jnp.min(wm.epps_pulley(x + 2.0))) > 100  # shifted
+  assert float(jnp.min(reg.epps_pulley(jnp.zeros_like(x)))) > 100  # a constant: grows with N
+  assert float(jnp.min(reg.epps_pulley(0.1 * x))) > 50  # right shape, wrong scale
+  assert float(jnp.min(reg.epps_pulley(x + 2.0))) > 100  # shifted
 
 
 def test_sigreg_and_vicreg_on_per_step_embeddings():
   key = jax.random.PRNGKey(1)
   z = jax.random.normal(key, (256, 3, 32))
-  assert float(wm.sigreg(z, key, 64)) < 1.5
-  rank1 = z[..., :1] * jnp.ones(32)  # every direction carries the same single variable
-  assert float(wm.sigreg(rank1, key, 64)) > 5 * float(wm.sigreg(z, key, 64))
-  var, cov = wm.vicreg_terms(z)
+  z_TBD = jnp.swapaxes(z, 0, 1)  # sigreg's sample sets: one per time step, over the batch
+  assert float(reg.sigreg(z_TBD, key, 64)) < 1.5
+  rank1 = z_TBD[..., :1] * jnp.ones(32)  # every direction carries the same single variable
+  assert float(reg.sigreg(rank1, key, 64)) > 5 * float(reg.sigreg(z_TBD, key, 64))
+  var, cov = reg.vicreg_terms(z)
   assert float(var) < 0.1 and float(cov) < 0.2
-  var0, _ = wm.vicreg_terms(jnp.zeros_like(z))
+  var0, _ = reg.vicreg_terms(jnp.zeros_like(z))
   assert float(var0) > 0.98
 
 
@@ -135,6 +137,10 @@ def test_tiny_train_evaluate_and_load_encoder(tmp_path, dataset):
   assert m["embedding_target_std"] > 0 and "rollout_mse_vs_copy_last_h1" in m
   assert set(m["probe_r2_linear"]) == {"trained", "random_init", "pixels"} and m["probe_history"] == 2
   assert "agent_pos" in m["probe_r2_linear"]["pixels"] and isinstance(m["probe_saturated_groups"], list)
+  # attentive probes: the encoder's tokens (two frames side by side per token), random init's, raw patches
+  assert set(m["probe_r2_attentive"]) == {"trained", "random_init", "pixels"}
+  assert all(-10 < r < 1 for r in m["probe_r2_attentive"]["pixels"].values())
+  assert isinstance(m["probe_saturated_groups_attentive"], list)
   enc, cfg = encoders.load_encoder(str(w))
   feats = encoders.encode(enc, np.zeros((2, 1, cfg.size, cfg.size, 3), np.uint8))
   assert feats.shape == (2, (cfg.size // cfg.tubelet[1]) ** 2, 64)

@@ -20,3 +20,4 @@ class JEPA(nnx.Module):
     self.target_encoder = retyped(self.encoder, EMA)  # starts equal to the encoder, as in V-JEPA
     self.predictor = vit.Predictor(m, num_mask_tokens=len(m.masks), rngs=rngs)
     self.loss_exp = float(m.loss_exp)
+    self.reg = tuple((k, float(v)) for k, v in sorted(m.reg.items()))  # small-scale options' weights (static)

@@ -135,9 +135,10 @@ class Predictor(nnx.Module):
     self.norm = layers.layer_norm(p.width, rngs=rngs, dtype=dtype)
     self.proj = layers.dense(p.width, m.encoder.width, axes=("tensor", "fsdp"), rngs=rngs, dtype=dtype)
 
-  def __call__(self, sets: list[tuple[jax.Array, jax.Array, jax.Array]]) -> list[jax.Array]:
+  def __call__(self, sets: list[tuple[jax.Array, jax.Array, jax.Array]], *, dense: bool = False) -> list[jax.Array]:
     """sets: per mask set (context features [B, K, D], context ids [B, K], target ids [B, M]) → predictions
-    [B, M, D] per set. Sets whose K + M agree run as one batch."""
+    [B, M, D] per set; dense: [B, K + M, D], the context positions' first (V-JEPA 2.1's dense loss). Sets whose
+    K + M agree run as one batch."""
     xs, ids = [], []
     for i, (ctx_BKD, ctx_ids, tgt_ids) in enumerate(sets):
       B, M = tgt_ids.shape
@@ -149,7 +150,7 @@ class Predictor(nnx.Module):
       outs = jnp.split(self._blocks(jnp.concatenate(xs), jnp.concatenate(ids)), len(xs))
     else:
       outs = [self._blocks(x, i) for x, i in zip(xs, ids)]
-    return [self.proj(self.norm(o[:, c.shape[1] :])) for o, (c, _, _) in zip(outs, sets)]
+    return [self.proj(self.norm(o if dense else o[:, c.shape[1] :])) for o, (c, _, _) in zip(outs, sets)]
 
   def _blocks(self, x_BLW: jax.Array, ids_BL: jax.Array) -> jax.Array:
     x_BLW, rope = self.pos.apply(x_BLW, ids_BL)

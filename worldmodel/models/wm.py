@@ -41,15 +41,21 @@ class WorldModel(nnx.Module):
   def encode(self, frames_BTHWC: jax.Array, train: bool = False) -> jax.Array:
     """uint8 or [0, 1] frames → embeddings [B, T, 1, D], every frame on its own (gradients flow: trained jointly).
     train: the projector's BatchNorm normalises with (and updates) the batch's statistics, else its running ones."""
+    B, T = frames_BTHWC.shape[:2]
+    pooled = jnp.mean(self.tokens(frames_BTHWC), axis=2).reshape(B * T, -1)
+    z = self.proj_out(jax.nn.gelu(self.proj_norm(self.proj_in(pooled), use_running_average=not train)))
+    return z.reshape(B, T, 1, -1)
+
+  def tokens(self, frames_BTHWC: jax.Array) -> jax.Array:
+    """The encoder's tokens of every frame on its own, [B, T, L, W] in f32 (before pooling and the projector)."""
     if frames_BTHWC.dtype == jnp.uint8:
       frames_BTHWC = common.to_float(frames_BTHWC)
     B, T, H, W, C = frames_BTHWC.shape
     clips = frames_BTHWC.reshape(B * T, 1, H, W, C)
     if self.tubelet[0] > 1:
       clips = jnp.repeat(clips, self.tubelet[0], axis=1)
-    pooled = jnp.mean(self.encoder(clips).astype(jnp.float32), axis=1)
-    z = self.proj_out(jax.nn.gelu(self.proj_norm(self.proj_in(pooled), use_running_average=not train)))
-    return z.reshape(B, T, 1, -1)
+    x_NLW = self.encoder(clips).astype(jnp.float32)
+    return x_NLW.reshape(B, T, *x_NLW.shape[1:])
 
   def inverse_dynamics(self, z_BTND: jax.Array) -> jax.Array:
     """Predicted actions [B, T-1, A] between consecutive embeddings."""

@@ -4,6 +4,12 @@ loss = mean over mask sets of L1(predictor(context), LayerNorm(target_encoder(cl
 2 gives half the squared error, as V-JEPA's loss_exp); the target encoder
 is an EMA of the encoder (updated in `after_update`). Masks come from the data pipeline (`sample_transform`) with a
 fixed number of tokens per set. Collapse monitors are logged every step (`monitor/...`).
+
+Small-scale options (weights in `model.reg`, 0: off), from the literature on JEPAs trained on little data:
+  sigreg         LeJEPA: SIGReg (objectives/regularisers.py) on the context encoder's tokens, one sample set per mask
+                 set (all its context tokens over the batch): keeps the features spread without relying on the EMA
+  dense_context  V-JEPA 2.1: the predictor also regresses the target features at the context positions, so every
+                 token carries a loss and local detail is not lost
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from worldmodel.data import masks as masks_lib
 from worldmodel.models import vit
 from worldmodel.models.jepa import JEPA
 from worldmodel.objectives import base
+from worldmodel.objectives.regularisers import sigreg
+
+REG_DEFAULTS = {"sigreg": 0.0, "sigreg_projections": 256, "dense_context": 0.0}
 
 
 def create_model(config: ml_collections.ConfigDict, rngs) -> JEPA:
@@ -68,11 +77,19 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if not m.masks:
     raise ValueError("config key 'model.masks' needs at least one mask set")
   masks_lib.check_mask_sets(grid(config), list(mask_sets(config).values()))
+  unknown = sorted(set(m.reg) - set(REG_DEFAULTS))
+  if unknown:
+    raise ValueError(f"config key 'model.reg' has unknown options {unknown}; choose from {sorted(REG_DEFAULTS)}")
+  for k in ("sigreg", "dense_context"):
+    if not m.reg[k] >= 0:
+      raise ValueError(f"config key 'model.reg.{k}' ({m.reg[k]}) must be >= 0 (0: off)")
+  common.check_ints("model.reg.sigreg_projections", (m.reg.sigreg_projections,), minimum=1)
   vit.PositionTable(m.pos, grid(config), m.encoder.width, m.encoder.heads)  # validates model.pos
 
 
-def _forward(model: JEPA, batch: dict, names) -> tuple[jax.Array, jax.Array, list, list]:
-  """(raw target-encoder features, their layer norm (the regression target), predictions, targets per set)."""
+def _forward(model: JEPA, batch: dict, names, dense: bool = False) -> tuple[jax.Array, jax.Array, list, list, list]:
+  """(raw target-encoder features, their layer norm (the regression target), context features, predictions and
+  targets per set). dense: predictions and targets cover the context positions too, those first."""
   video = common.to_float(batch["video"])
   raw_BND = jax.lax.stop_gradient(model.target_encoder(video))
   target_BND = layer_norm(raw_BND)
@@ -80,19 +97,33 @@ def _forward(model: JEPA, batch: dict, names) -> tuple[jax.Array, jax.Array, lis
   for name in names:
     ctx_ids, tgt_ids = batch[f"{name}_ctx"], batch[f"{name}_tgt"]
     sets.append((model.encoder(video, ctx_ids), ctx_ids, tgt_ids))
-    targets.append(vit.gather_tokens(target_BND, tgt_ids))
-  preds = model.predictor(sets)
-  return raw_BND, target_BND, [p.astype(jnp.float32) for p in preds], targets
+    ids = jnp.concatenate([ctx_ids, tgt_ids], axis=1) if dense else tgt_ids
+    targets.append(vit.gather_tokens(target_BND, ids))
+  preds = model.predictor(sets, dense=dense)
+  ctx = [c for c, _, _ in sets]
+  return raw_BND, target_BND, ctx, [p.astype(jnp.float32) for p in preds], targets
 
 
 def loss_fn(model: JEPA, batch: dict, *, rng: jax.Array, train: bool):
-  del rng, train  # masks come with the batch; no dropout
-  names = _names(batch)
-  _, target_BND, preds, targets = _forward(model, batch, names)
-  per_set = [regression_loss(p, t, model.loss_exp) for p, t in zip(preds, targets)]
+  del train  # masks come with the batch; no dropout
+  names, reg = _names(batch), dict(model.reg)
+  dense = reg.get("dense_context", 0.0) > 0
+  _, target_BND, ctx, preds, targets = _forward(model, batch, names, dense=dense)
+  K = [c.shape[1] if dense else 0 for c in ctx]  # predictions before K are the context positions'
+  per_set = [regression_loss(p[:, k:], t[:, k:], model.loss_exp) for p, t, k in zip(preds, targets, K)]
   loss = sum(per_set) / len(per_set)
-  logs = {"loss": loss, **{f"loss/{n}": l for n, l in zip(names, per_set)}, **monitors(model, target_BND, preds[0])}
-  return loss, logs
+  logs = {f"loss/{n}": l for n, l in zip(names, per_set)}
+  if dense:
+    logs["loss/dense_context"] = sum(
+      regression_loss(p[:, :k], t[:, :k], model.loss_exp) for p, t, k in zip(preds, targets, K)
+    ) / len(names)
+    loss = loss + reg["dense_context"] * logs["loss/dense_context"]
+  if reg.get("sigreg", 0.0) > 0:
+    sets_GND = [c.reshape(1, -1, c.shape[-1]) for c in ctx]  # every context token of the batch: one sample set
+    logs["loss/sigreg"] = sum(sigreg(z, rng, int(reg["sigreg_projections"])) for z in sets_GND) / len(ctx)
+    loss = loss + reg["sigreg"] * logs["loss/sigreg"]
+  preds_tgt = preds[0][:, K[0] :]
+  return loss, {"loss": loss, **logs, **monitors(model, target_BND, preds_tgt)}
 
 
 def _names(batch: dict) -> list[str]:
@@ -131,7 +162,7 @@ def after_update(config, params: dict, extra: dict, step: jax.Array) -> tuple[di
 def eval_step(model: JEPA, batch: dict) -> dict:
   """Per-clip masked-prediction loss, monitors, and target-encoder features for the probes."""
   names = _names(batch)
-  raw_BND, target_BND, preds, targets = _forward(model, batch, names)
+  raw_BND, target_BND, _, preds, targets = _forward(model, batch, names)
   per_clip = sum(regression_loss(p, t, model.loss_exp, axis=(1, 2)) for p, t in zip(preds, targets)) / len(names)
   return {"loss_B": per_clip, "features": raw_BND, **monitors(model, target_BND, preds[0])}
 
@@ -142,7 +173,10 @@ from worldmodel.objectives.jepa_eval import Evaluator  # noqa: E402  (the evalua
 @base.register
 class Jepa(base.Objective):
   name = "jepa"
-  defaults = {"model": {"loss_exp": 1.0, "scan_layers": False}, "eval": {"probes": True}}
+  defaults = {
+    "model": {"loss_exp": 1.0, "scan_layers": False, "reg": dict(REG_DEFAULTS)},
+    "eval": {"probes": True},
+  }
   create_model, batch_spec = staticmethod(create_model), staticmethod(batch_spec)
   check_config, check_data = staticmethod(check_config), staticmethod(common.check_frames)
   loss_fn, eval_step, Evaluator = staticmethod(loss_fn), staticmethod(eval_step), Evaluator

@@ -22,44 +22,9 @@ import ml_collections
 from worldmodel import common, metrics
 from worldmodel.models.wm import WorldModel
 from worldmodel.objectives import base
+from worldmodel.objectives.regularisers import sigreg, vicreg_terms
 
 REGULARISERS = ("sigreg", "variance", "covariance", "inverse_dynamics", "smoothness")
-SIGREG_KNOTS = 17  # quadrature points on t in [0, SIGREG_T_MAX] (the integrand is even in t)
-SIGREG_T_MAX = 3.0
-
-
-# -- regularisers --------------------------------------------------------------------------------------------
-def epps_pulley(x_NM: jax.Array) -> jax.Array:
-  """Epps–Pulley statistic of each column of x (N samples of M 1-D variables) against N(0, 1), shape [M]:
-  N ∫ |φ_N(t) − e^{−t²/2}|² e^{−t²/2} dt, φ_N the empirical characteristic function (trapezoid rule on [−3, 3]).
-  O(1) for standard-normal samples whatever N; grows with N when the distribution differs (e.g. a constant)."""
-  t_K = jnp.linspace(0.0, SIGREG_T_MAX, SIGREG_KNOTS)
-  dt = SIGREG_T_MAX / (SIGREG_KNOTS - 1)
-  trap_K = jnp.full((SIGREG_KNOTS,), dt).at[0].set(dt / 2).at[-1].set(dt / 2)
-  weight_K = 2.0 * trap_K * jnp.exp(-0.5 * t_K**2)  # x2: the integral over [-3, 0] equals that over [0, 3]
-  tx_NMK = x_NM.astype(jnp.float32)[..., None] * t_K
-  err_MK = (jnp.mean(jnp.cos(tx_NMK), 0) - jnp.exp(-0.5 * t_K**2)) ** 2 + jnp.mean(jnp.sin(tx_NMK), 0) ** 2
-  return x_NM.shape[0] * (err_MK @ weight_K)
-
-
-def sigreg(z_BTD: jax.Array, rng: jax.Array, projections: int) -> jax.Array:
-  """Mean Epps–Pulley statistic over `projections` random unit directions and the time steps (each time step's
-  embeddings over the batch are one sample set)."""
-  dirs_DM = jax.random.normal(rng, (z_BTD.shape[-1], projections))
-  dirs_DM = dirs_DM / jnp.linalg.norm(dirs_DM, axis=0, keepdims=True)
-  proj_TBM = jnp.einsum("btd,dm->tbm", z_BTD.astype(jnp.float32), dirs_DM)
-  return jnp.mean(jax.vmap(epps_pulley)(proj_TBM))
-
-
-def vicreg_terms(z_BTD: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(variance hinge, covariance) per time step over the batch, averaged over time (VICReg's definitions)."""
-  z = z_BTD.astype(jnp.float32) - jnp.mean(z_BTD.astype(jnp.float32), axis=0)
-  B, _, D = z.shape
-  std_TD = jnp.sqrt(jnp.mean(z**2, axis=0) * B / max(B - 1, 1) + 1e-4)
-  variance = jnp.mean(jax.nn.relu(1.0 - std_TD))
-  cov_TDD = jnp.einsum("btd,bte->tde", z, z) / max(B - 1, 1)
-  off = cov_TDD * (1.0 - jnp.eye(D))
-  return variance, jnp.mean(jnp.sum(off**2, axis=(1, 2)) / D)
 
 
 # -- contract hooks ------------------------------------------------------------------------------------------
@@ -150,7 +115,7 @@ def loss_fn(model: WorldModel, batch: dict, *, rng: jax.Array, train: bool):
   rollout = sum(roll) / len(roll)
   logs = {"loss/teacher_forcing": teacher, "loss/rollout": rollout}
   z_BTD = z[:, :, 0]
-  terms = {"sigreg": sigreg(z_BTD, rng, int(m["sigreg_projections"])) if m["sigreg"] else 0.0}
+  terms = {"sigreg": sigreg(jnp.swapaxes(z_BTD, 0, 1), rng, int(m["sigreg_projections"])) if m["sigreg"] else 0.0}
   if m["variance"] or m["covariance"]:
     terms["variance"], terms["covariance"] = vicreg_terms(z_BTD)
   if m["inverse_dynamics"]:
@@ -187,7 +152,15 @@ from worldmodel.objectives.wm_eval import Evaluator  # noqa: E402
 class WorldModelObjective(base.Objective):
   name = "wm"
   defaults = {
-    "eval": {"probes": True, "probe_train_split": "train", "probe_clips": 256, "probe_history": 1, "rollout_frames": 0}
+    "eval": {
+      "probes": True,
+      "probe_train_split": "train",
+      "probe_clips": 256,
+      "probe_history": 1,
+      "rollout_frames": 0,
+      "attentive_probes": False,  # workdirs from before the attentive probes
+      "probe_steps": 1500,
+    }
   }
   create_model, batch_spec = staticmethod(create_model), staticmethod(batch_spec)
   check_config, check_data = staticmethod(check_config), staticmethod(common.check_frames)
