@@ -56,12 +56,14 @@ def test_settings_must_be_whole_model_frames():
   s = planner_settings("lewm", Protocol().frames(5)[0])  # LeWM's CEM; its horizon spans the goal offset
   assert [s[k] for k in ("horizon", "replan_every", "samples", "iterations", "elites", "episodes")] == [
     10,
-    10,
+    1,
     300,
     30,
     30,
     50,
   ]
+  # capped at what the predictor was trained to predict; a given horizon wins
+  assert planner_settings("lewm", 10, 3)["horizon"] == 3 and planner_settings("lewm", 10, 3, horizon=6)["horizon"] == 6
   with pytest.raises(ValueError, match=r"--goal_offset=50 control steps is not a whole number.*multiple of 4"):
     Protocol().check(action_repeat=4)
 
@@ -208,7 +210,7 @@ def test_lewm_protocol_cli_end_to_end(tmp_path, reacher32):
   r = run_cli("worldmodel.plan", f"--workdir={w}", "--protocol=lewm", "--cost_steps=sum", *small)
   assert r.returncode == 0, r.stderr[-3000:]
   m = json.load(open(w / "plan" / "2-lewm" / "metrics.json"))
-  assert m["protocol"] == "lewm" and m["cost_steps"] == "sum" and m["horizon"] == 10 and m["replan_every"] == 10
+  assert m["protocol"] == "lewm" and m["cost_steps"] == "sum" and m["horizon"] == 3 and m["replan_every"] == 1
   assert (m["goal_offset"], m["budget"], m["qpos_tolerance"], m["action_repeat"]) == (50, 100, 0.05, 5)
   for name in ("", "random_", "oracle_"):
     lo, hi = m[f"{name}success_ci95"]

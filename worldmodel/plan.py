@@ -16,7 +16,8 @@ physics and the true fingertip distance: the planner's own ceiling at this horiz
 --protocol=lewm evaluates as LeWM / stable-worldmodel do on reacher (worldmodel/envs/goal_protocol.py): start and
 goal image from held-out random-policy trajectories, goal 50 control steps (1 s) after the start, 100 control steps
 to reach it, success = every joint within 0.05 rad at any control step; CEM 300 samples x 30 iterations, top 30,
-a horizon spanning the goal offset, all executed before replanning; 50 episodes. It reports success with a 95 %
+a horizon spanning the goal offset (capped at the frames the predictor was trained to predict; LeWM's model
+predicts the whole offset) and replanning after every frame (MPC; LeWM executes the whole plan); 50 episodes. It reports success with a 95 %
 Wilson interval for the model, random actions and a true-physics oracle (same CEM toward the goal's qpos), and
 seconds per plan:
 
@@ -77,7 +78,10 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
   _STEPS = flags.DEFINE_integer("env_steps", 60, "Environment steps per episode (--step picks the checkpoint).")
   _OLD_STEPS = flags.DEFINE_integer("steps", None, "Renamed --env_steps (kept to say so).")
   _HORIZON = flags.DEFINE_integer(
-    "horizon", None, "Planning horizon (predicted frames); default 4 (reach), the goal offset in frames (lewm)."
+    "horizon",
+    None,
+    "Planning horizon (predicted frames); default 4 (reach), the goal offset in frames capped at the frames the "
+    "model was trained to predict (lewm).",
   )
   _CONTEXT = flags.DEFINE_integer(
     "context",
@@ -92,7 +96,7 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
   _ITERS = flags.DEFINE_integer("iterations", None, "Planner iterations per plan; default 4 (reach) / 30 (lewm).")
   _ELITES = flags.DEFINE_integer("elites", None, "CEM elites; default 8 (reach) / 30 (lewm).")
   _REPLAN = flags.DEFINE_integer(
-    "replan_every", None, "Frames executed from each plan before replanning; default 1 (reach), the horizon (lewm)."
+    "replan_every", None, "Frames executed from each plan before replanning; default 1 (MPC)."
   )
   _DYNAMICS = flags.DEFINE_enum(
     "dynamics",
@@ -279,10 +283,13 @@ def run(
     raise ValueError(f"--env_steps={steps}: must be at least 1")
   config = load_config(workdir)
   env = build_env(env_name, config, workdir)
+  context = int(config.model.context_frames) if context is None else context
   if protocol == "lewm":
     lewm.check(env.spec.action_repeat)
-    s = goal_protocol.planner_settings(protocol, lewm.frames(env.spec.action_repeat)[0], **s)
-  context = int(config.model.context_frames) if context is None else context
+    trained = config.model.get("frames", 0) - context  # the predictor learnt frames context+1 .. model.frames
+    given = {k: v for k, v in s.items() if k not in ("horizon", "replan_every")}
+    given |= {"horizon": horizon, "replan_every": replan_every}
+    s = goal_protocol.planner_settings(protocol, lewm.frames(env.spec.action_repeat)[0], max(trained, 1), **given)
   cost = cost or ("l2" if config.model.loss_exp == 2 else "l1")  # the distance its predictions minimise
   if context < 1 or context + s["horizon"] > config.model.max_frames:
     raise ValueError(

@@ -67,16 +67,21 @@ class Protocol:
 # before replanning; None: known once the model's frame skip is).
 DEFAULTS = {
   "reach": dict(episodes=10, horizon=4, samples=64, iterations=4, elites=8, replan_every=1),
-  "lewm": dict(episodes=50, horizon=None, samples=300, iterations=30, elites=30, replan_every=None),
+  "lewm": dict(episodes=50, horizon=None, samples=300, iterations=30, elites=30, replan_every=1),
 }
 
 
-def planner_settings(protocol: str, frames_to_goal: int | None = None, **given) -> dict:
-  """Each given setting, else the protocol's default: for lewm the horizon is `frames_to_goal` (the goal offset in
-  model frames) and replanning happens once per horizon. ValueError for settings that cannot work; call it before
-  `frames_to_goal` is known to check the rest early."""
+def planner_settings(
+  protocol: str, frames_to_goal: int | None = None, trained_horizon: int | None = None, **given
+) -> dict:
+  """Each given setting, else the protocol's default. lewm: the horizon is `frames_to_goal` (the goal offset in model
+  frames) capped at `trained_horizon` (the frames the predictor learnt to predict from its context: beyond them
+  its positions were never trained), replanning after every frame (MPC). On the 5000-step reacher model, LeWM's
+  own choice (a horizon spanning the goal, all executed) reached 24 %, horizon 3 with MPC 60 % (BUILD_NOTES.md).
+  ValueError for settings that cannot work; call it before `frames_to_goal` is known to check the rest early."""
   s = {k: v if given.get(k) is None else given[k] for k, v in DEFAULTS[protocol].items()}
-  s["horizon"] = s["horizon"] or frames_to_goal
+  cap = [n for n in (frames_to_goal, trained_horizon) if n]
+  s["horizon"] = s["horizon"] or (min(cap) if cap else None)
   s["replan_every"] = s["replan_every"] or s["horizon"]
   for key, value in s.items():
     if value is not None and value <= 0:
