@@ -64,6 +64,7 @@ def test_settings_must_be_whole_model_frames():
   ]
   # capped at what the predictor was trained to predict; a given horizon wins
   assert planner_settings("lewm", 10, 3)["horizon"] == 3 and planner_settings("lewm", 10, 3, horizon=6)["horizon"] == 6
+  assert planner_settings("reach", None, 3)["horizon"] == 3 and planner_settings("reach", None, 6)["horizon"] == 4
   with pytest.raises(ValueError, match=r"--goal_offset=50 control steps is not a whole number.*multiple of 4"):
     Protocol().check(action_repeat=4)
 

@@ -80,8 +80,8 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
   _HORIZON = flags.DEFINE_integer(
     "horizon",
     None,
-    "Planning horizon (predicted frames); default 4 (reach), the goal offset in frames capped at the frames the "
-    "model was trained to predict (lewm).",
+    "Planning horizon (predicted frames); default 4 (reach), the goal offset in frames (lewm), either capped at the "
+    "frames the model was trained to predict (model.frames - context).",
   )
   _CONTEXT = flags.DEFINE_integer(
     "context",
@@ -286,10 +286,11 @@ def run(
   context = int(config.model.context_frames) if context is None else context
   if protocol == "lewm":
     lewm.check(env.spec.action_repeat)
-    trained = config.model.get("frames", 0) - context  # the predictor learnt frames context+1 .. model.frames
-    given = {k: v for k, v in s.items() if k not in ("horizon", "replan_every")}
-    given |= {"horizon": horizon, "replan_every": replan_every}
-    s = goal_protocol.planner_settings(protocol, lewm.frames(env.spec.action_repeat)[0], max(trained, 1), **given)
+  trained = max(config.model.get("frames", 0) - context, 1)  # the predictor learnt frames context+1 .. model.frames
+  to_goal = lewm.frames(env.spec.action_repeat)[0] if protocol == "lewm" else None
+  given = {k: v for k, v in s.items() if k not in ("horizon", "replan_every")}
+  given |= {"horizon": horizon, "replan_every": replan_every}
+  s = goal_protocol.planner_settings(protocol, to_goal, trained, **given)
   cost = cost or ("l2" if config.model.loss_exp == 2 else "l1")  # the distance its predictions minimise
   if context < 1 or context + s["horizon"] > config.model.max_frames:
     raise ValueError(

@@ -74,14 +74,16 @@ DEFAULTS = {
 def planner_settings(
   protocol: str, frames_to_goal: int | None = None, trained_horizon: int | None = None, **given
 ) -> dict:
-  """Each given setting, else the protocol's default. lewm: the horizon is `frames_to_goal` (the goal offset in model
-  frames) capped at `trained_horizon` (the frames the predictor learnt to predict from its context: beyond them
-  its positions were never trained), replanning after every frame (MPC). On the 5000-step reacher model, LeWM's
-  own choice (a horizon spanning the goal, all executed) reached 24 %, horizon 3 with MPC 60 % (BUILD_NOTES.md).
-  ValueError for settings that cannot work; call it before `frames_to_goal` is known to check the rest early."""
+  """Each given setting, else the protocol's default, replanning after every frame (MPC). The default horizon (reach:
+  4; lewm: `frames_to_goal`, the goal offset in model frames) is capped at `trained_horizon`, the frames the
+  predictor learnt to predict from its context (beyond them its positions were never trained). On the 5000-step
+  reacher model, LeWM's own choice (a horizon spanning the goal, all executed) reached 24 %, horizon 3 with MPC
+  60 % (BUILD_NOTES.md). ValueError for settings that cannot work; call it before `frames_to_goal` is known to
+  check the rest early."""
   s = {k: v if given.get(k) is None else given[k] for k, v in DEFAULTS[protocol].items()}
-  cap = [n for n in (frames_to_goal, trained_horizon) if n]
-  s["horizon"] = s["horizon"] or (min(cap) if cap else None)
+  if given.get("horizon") is None:
+    cap = [n for n in (s["horizon"], frames_to_goal, trained_horizon) if n]
+    s["horizon"] = min(cap) if cap else None
   s["replan_every"] = s["replan_every"] or s["horizon"]
   for key, value in s.items():
     if value is not None and value <= 0:
