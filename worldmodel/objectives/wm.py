@@ -158,7 +158,7 @@ class WorldModelObjective(base.Objective):
       "probe_clips": 256,
       "probe_history": 1,
       "rollout_frames": 0,
-      "attentive_probes": False,  # workdirs from before the attentive probes
+      "attentive_probes": True,  # workdirs from before the attentive probes get them too
       "probe_steps": 1500,
     }
   }
