@@ -17,9 +17,9 @@ physics and the true fingertip distance: the planner's own ceiling at this horiz
 goal image from held-out random-policy trajectories, goal 50 control steps (1 s) after the start, 100 control steps
 to reach it, success = every joint within 0.05 rad at any control step; CEM 300 samples x 30 iterations, top 30,
 a horizon spanning the goal offset (capped at the frames the predictor was trained to predict; LeWM's model
-predicts the whole offset) and replanning after every frame (MPC; LeWM executes the whole plan); 50 episodes. It reports success with a 95 %
-Wilson interval for the model, random actions and a true-physics oracle (same CEM toward the goal's qpos), and
-seconds per plan:
+predicts the whole offset) and replanning after every frame (MPC; LeWM executes the whole plan); 50 episodes.
+It reports success with a 95 % Wilson interval for the model, random actions and a true-physics oracle (same CEM
+toward the goal's qpos), and seconds per plan:
 
   python -m worldmodel.plan --workdir=WM_WORKDIR --env=dmc:reacher-easy --protocol=lewm   # -> plan/<step>-lewm/
 """

@@ -62,9 +62,9 @@ class Protocol:
     return self.goal_offset // action_repeat, self.budget // action_repeat, self.trajectory_steps // action_repeat + 1
 
 
-# Planner settings a flag left unset takes, per protocol: ours, and LeWM's (solver/cem.yaml: CEM 300 samples,
-# 30 iterations, top 30; reacher.yaml: 50 episodes, a horizon that spans the goal offset, all of it executed
-# before replanning; None: known once the model's frame skip is).
+# Planner settings a flag left unset takes, per protocol: ours, and LeWM's search (solver/cem.yaml: CEM 300
+# samples, 30 iterations, top 30; reacher.yaml: 50 episodes). Horizon None: the goal offset, known once the model's
+# frame skip is (capped in `planner_settings`); both replan after every frame (LeWM executes its whole horizon).
 DEFAULTS = {
   "reach": dict(episodes=10, horizon=4, samples=64, iterations=4, elites=8, replan_every=1),
   "lewm": dict(episodes=50, horizon=None, samples=300, iterations=30, elites=30, replan_every=1),
