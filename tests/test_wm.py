@@ -12,7 +12,7 @@ from conftest import experiment_config, run_cli
 from flax import nnx
 
 from worldmodel import metrics
-from worldmodel.objectives import regularisers as reg
+from worldmodel.objectives import _regularisers as reg
 from worldmodel.objectives import wm, wm_eval
 
 

@@ -6,7 +6,7 @@ is an EMA of the encoder (updated in `after_update`). Masks come from the data p
 fixed number of tokens per set. Collapse monitors are logged every step (`monitor/...`).
 
 Small-scale options (weights in `model.reg`, 0: off), from the literature on JEPAs trained on little data:
-  sigreg         LeJEPA: SIGReg (objectives/regularisers.py) on the context encoder's tokens, one sample set per mask
+  sigreg         LeJEPA: SIGReg (objectives/_regularisers.py) on the context encoder's tokens, one sample set per mask
                  set (all its context tokens over the batch): keeps the features spread without relying on the EMA
   dense_context  V-JEPA 2.1: the predictor also regresses the target features at the context positions, so every
                  token carries a loss and local detail is not lost
@@ -25,7 +25,7 @@ from worldmodel.data import masks as masks_lib
 from worldmodel.models import vit
 from worldmodel.models.jepa import JEPA
 from worldmodel.objectives import base
-from worldmodel.objectives.regularisers import sigreg
+from worldmodel.objectives._regularisers import sigreg
 
 REG_DEFAULTS = {"sigreg": 0.0, "sigreg_projections": 256, "dense_context": 0.0}
 

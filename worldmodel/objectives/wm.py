@@ -22,7 +22,7 @@ import ml_collections
 from worldmodel import common, metrics
 from worldmodel.models.wm import WorldModel
 from worldmodel.objectives import base
-from worldmodel.objectives.regularisers import sigreg, vicreg_terms
+from worldmodel.objectives._regularisers import sigreg, vicreg_terms
 
 REGULARISERS = ("sigreg", "variance", "covariance", "inverse_dynamics", "smoothness")
 

@@ -1,4 +1,5 @@
-"""Anti-collapse regularisers shared by the objectives (wm: LeWM / PLDM; jepa: the small-scale SIGReg option).
+"""Anti-collapse regularisers shared by the objectives (wm: LeWM / PLDM; jepa: the small-scale SIGReg option); a
+helper, not an objective, hence the underscore (objectives/NAME.py files are objectives).
 
 sigreg        LeWM / LeJEPA: Epps–Pulley statistic of random 1-D projections of a set of embeddings against N(0, 1)
 vicreg_terms  VICReg: hinge on each dimension's std (>= 1) and the off-diagonal covariance
