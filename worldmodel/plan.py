@@ -268,15 +268,10 @@ def run(
   from worldmodel.envs import goal_protocol
 
   cost_steps = cost_steps or ("last" if dynamics == "simulator" else "sum")
-  s = goal_protocol.planner_settings(
-    protocol,
-    episodes=episodes,
-    horizon=horizon,
-    samples=samples,
-    iterations=iterations,
-    elites=elites,
-    replan_every=replan_every,
+  asked = dict(
+    episodes=episodes, horizon=horizon, samples=samples, iterations=iterations, elites=elites, replan_every=replan_every
   )
+  goal_protocol.planner_settings(protocol, **asked)  # bad settings fail here, before anything is loaded
   lewm = lewm or goal_protocol.Protocol()
   if protocol == "lewm" and not env_name.startswith("dmc:"):
     raise ValueError(f"--protocol=lewm is defined for dm_control reacher (dmc:...), not --env={env_name}")
@@ -291,9 +286,7 @@ def run(
     lewm.check(env.spec.action_repeat)
   trained = max(config.model.get("frames", 0) - context, 1)  # the predictor learnt frames context+1 .. model.frames
   to_goal = lewm.frames(env.spec.action_repeat)[0] if protocol == "lewm" else None
-  given = {k: v for k, v in s.items() if k not in ("horizon", "replan_every")}
-  given |= {"horizon": horizon, "replan_every": replan_every}
-  s = goal_protocol.planner_settings(protocol, to_goal, trained, **given)
+  s = goal_protocol.planner_settings(protocol, to_goal, trained, **asked)
   cost = cost or ("l2" if config.model.loss_exp == 2 else "l1")  # the distance its predictions minimise
   if context < 1 or context + s["horizon"] > config.model.max_frames:
     raise ValueError(
