@@ -140,7 +140,7 @@ def make_case(env, seed: int, protocol: Protocol) -> Case:
 
 class CaseEnv:
   """A `GoalEnv` set up for one `Case` at a time (`load`), with the interface `planning.run_mpc` and
-  `plan.make_planner` use: reset() restores the start state (the trajectory's own actions replayed from its reset:
+  `latent_planner.make_planner` use: reset() restores the start state (the trajectory's own actions replayed from its reset:
   exact, velocities included), goal_frame() is the goal observation, success() is LeWM's qpos criterion checked
   after every control step, distance() the largest joint error in rad, oracle_cost_fn() plans with the true
   physics toward the goal's qpos. One object for all cases, so a planner compiled once reads the current one."""
