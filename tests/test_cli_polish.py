@@ -1,6 +1,7 @@
 """CLI behaviour a newcomer meets first: config help and printing, dtype aliases, clear one-line errors (exit 2)."""
 
 import jax.numpy as jnp
+import ml_collections
 import pytest
 from conftest import run_cli
 
@@ -54,3 +55,28 @@ def test_gif_captions_sit_over_their_panels(tmp_path):
   half = strip.shape[1] // 2
   assert (strip[:, :half] < 128).any() and (strip[:, half:] < 128).any()  # dark text over each panel
   assert (frames[0, 14:, : 16 * 3] < 10).all()  # the video itself is untouched
+
+
+def test_auto_dtype_follows_the_host_and_is_not_part_of_the_model():
+  from worldmodel import config as config_lib
+
+  auto = config_lib.auto_dtype
+  assert auto("gpu")[0] == auto("tpu")[0] == "bfloat16"
+  assert auto("cpu", cpu_flags="fpu avx2 avx512f", xla_flags="")[0] == "float32"  # AVX-512 without BF16
+  assert auto("cpu", cpu_flags="avx2 avx512f avx512_bf16", xla_flags="") == (
+    "bfloat16",
+    "this CPU has avx512_bf16 (bfloat16 dot instructions)",
+  )
+  capped = auto("cpu", cpu_flags="avx512_bf16 amx_bf16", xla_flags="--xla_cpu_max_isa=AVX2")
+  assert capped[0] == "float32" and "xla_cpu_max_isa=AVX2" in capped[1]
+  model = ml_collections.ConfigDict({"dtype": "AUTO", "encoder_model": {"dtype": "bf16"}, "width": 8})
+  config_lib.normalize_dtypes(model)
+  assert model.dtype == "auto" and model.encoder_model.dtype == "bfloat16"
+  lines = config_lib.resolve_auto_dtypes(model, "tpu")
+  assert model.dtype == "bfloat16" and lines == [
+    "model.dtype=auto -> bfloat16: tpu computes matmuls in bfloat16 at full rate"
+  ]
+  # A run resumed with another compute dtype is the same model (parameters are float32 either way).
+  sig = config_lib.model_signature
+  assert sig({"model": {"dtype": "float32", "width": 8}}) == sig({"model": {"dtype": "bfloat16", "width": 8}})
+  assert sig({"model": {"width": 8}}) != sig({"model": {"width": 16}})

@@ -36,6 +36,20 @@ def test_values_and_gradients_match_xla(B, Lq, Lk, H, E):
     np.testing.assert_allclose(a, b, atol=5e-5, err_msg=f"d{name}")
 
 
+def test_bfloat16_operands_run_in_float32_and_keep_their_dtype():
+  q, k, v = (x.astype(jnp.bfloat16) for x in _qkv(2, 40, 46, 3, 32))
+  out = kernels.attention(q, k, v)
+  assert out.dtype == jnp.bfloat16
+  wide = [x.astype(jnp.float32) for x in (q, k, v)]  # the same rounded inputs, computed in float32
+  np.testing.assert_allclose(out.astype(jnp.float32), jax.nn.dot_product_attention(*wide), atol=2e-2)
+  loss = lambda f: lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v).astype(jnp.float32)))  # noqa: E731
+  ours = jax.grad(loss(kernels.attention), argnums=(0, 1, 2))(q, k, v)
+  ref = jax.grad(loss(jax.nn.dot_product_attention), argnums=(0, 1, 2))(*wide)
+  for name, a, b in zip("qkv", ours, ref):
+    assert a.dtype == jnp.bfloat16, name
+    np.testing.assert_allclose(a.astype(jnp.float32), b, atol=5e-2, rtol=2e-2, err_msg=f"d{name}")
+
+
 def test_routing_uses_the_kernel_only_where_it_can():
   ab.configure("cpu", None)
   q, k, v = _qkv(1, 16, 16, 2, 32)
@@ -43,7 +57,9 @@ def test_routing_uses_the_kernel_only_where_it_can():
   assert "wm_attention_fwd" in text
   masked = jax.jit(lambda q, k, v: dot_product_attention(q, k, v, causal=True)).lower(q, k, v).as_text()
   assert "wm_attention" not in masked  # masks stay on the XLA-composed kernel
-  assert kernels.supports(q.astype(jnp.bfloat16), k) and "float32" in kernels.supports(q.astype(jnp.bfloat16), k)
+  assert kernels.supports(q.astype(jnp.int8), k) and "float32" in kernels.supports(q.astype(jnp.int8), k)
+  q16, k16, v16 = (x.astype(jnp.bfloat16) for x in (q, k, v))
+  assert "wm_attention_fwd" in jax.jit(lambda q, k, v: dot_product_attention(q, k, v)).lower(q16, k16, v16).as_text()
   assert "multiple of 16" in kernels.supports(jnp.zeros((1, 4, 1, 24)), jnp.zeros((1, 4, 1, 24)))
   ab.configure("xla", None)
   assert "wm_attention" not in jax.jit(lambda q, k, v: dot_product_attention(q, k, v)).lower(q, k, v).as_text()

@@ -113,13 +113,56 @@ def canonical_dtype(key: str, value: Any) -> str:
   raise ConfigError(f"config key {key!r} must be a float dtype: {accepted}; got {value!r}")
 
 
+def canonical_or_auto(key: str, value: Any) -> str:
+  """canonical_dtype, or 'auto' (model.dtype only: the host picks, see `auto_dtype`)."""
+  return "auto" if isinstance(value, str) and value.lower() == "auto" else canonical_dtype(key, value)
+
+
+# CPU flags whose bfloat16 dot products XLA:CPU uses (jaxlib 0.10.2 on AMD Zen 4: 2048² bf16 matmul ~2.8× its f32).
+_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def auto_dtype(platform: str, cpu_flags: str | None = None, xla_flags: str | None = None) -> tuple[str, str]:
+  """What model.dtype='auto' becomes on `platform`, and why: bfloat16 on GPU / TPU and on CPUs with bfloat16 dot
+  instructions (unless XLA_FLAGS caps the ISA below AVX-512), else float32 (bf16 is slower than f32 there)."""
+  if platform != "cpu":
+    return "bfloat16", f"{platform} computes matmuls in bfloat16 at full rate"
+  if cpu_flags is None:
+    try:
+      cpu_flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")
+    except OSError:
+      cpu_flags = ""
+  xla_flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
+  cap = [f for f in xla_flags.split() if f.startswith("--xla_cpu_max_isa=")]
+  if cap and not cap[-1].split("=", 1)[1].upper().startswith(("AVX512", "AMX")):
+    return "float32", f"XLA_FLAGS caps the CPU ISA ({cap[-1]}): no bfloat16 dot instructions"
+  found = [f for f in _BF16_CPU_FLAGS if f in cpu_flags.split()]
+  if found:
+    return "bfloat16", f"this CPU has {', '.join(found)} (bfloat16 dot instructions)"
+  return "float32", f"this CPU has none of {', '.join(_BF16_CPU_FLAGS)}: bfloat16 matmuls are slower than float32"
+
+
+def resolve_auto_dtypes(node: Any, platform: str, prefix: str = "model") -> list[str]:
+  """Replaces every dtype 'auto' under `model` by `auto_dtype(platform)`; returns one line per replaced key."""
+  lines = []
+  if not isinstance(node, ml_collections.ConfigDict):
+    return lines
+  for key in list(node.keys()):
+    if key == "dtype" and node[key] == "auto":
+      node[key], why = auto_dtype(platform)
+      lines.append(f"{prefix}.dtype=auto -> {node[key]}: {why}")
+    elif key != "dtype":
+      lines += resolve_auto_dtypes(node[key], platform, f"{prefix}.{key}")
+  return lines
+
+
 def normalize_dtypes(node: Any, prefix: str = "model") -> None:
   """Every `dtype` key under `model` (encoder_model included) in its canonical spelling."""
   if not isinstance(node, ml_collections.ConfigDict):
     return
   for key in list(node.keys()):
     if key == "dtype":
-      node[key] = canonical_dtype(f"{prefix}.dtype", node[key])
+      node[key] = canonical_or_auto(f"{prefix}.dtype", node[key])
     else:
       normalize_dtypes(node[key], f"{prefix}.{key}")
 
@@ -343,5 +386,9 @@ def _tuples(d: Any) -> Any:
 # Parts of the config that define the model's parameters: a workdir trained with other values cannot be resumed.
 def model_signature(config: ml_collections.ConfigDict | dict) -> dict:
   d = config if isinstance(config, dict) else to_dict(config)
-  model = {k: v for k, v in (d.get("model") or {}).items() if k != "attention"}  # a kernel choice, not the model
-  return {"objective": d.get("objective"), "model": model}
+
+  # The attention kernel and the compute dtype (parameters stay float32) are choices of how to run, not the model.
+  def strip(node):
+    return {k: strip(v) for k, v in node.items() if k not in ("attention", "dtype")} if isinstance(node, dict) else node
+
+  return {"objective": d.get("objective"), "model": strip(d.get("model") or {})}

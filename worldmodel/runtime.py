@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 
 from worldmodel import accumulate, checkpoint, objectives, optim
+from worldmodel import config as config_lib
 from worldmodel.models import attention_backends
 from worldmodel.parallel import fsdp_split
 from worldmodel.parallel import mesh as mesh_lib
@@ -81,6 +82,10 @@ def _split(model: nnx.Module):
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Runtime:
   objective = objectives.get(config.objective)
   mesh = mesh if mesh is not None else mesh_lib.make_mesh(config.mesh)
+  # model.dtype='auto': the compute dtype the mesh's devices run fastest (config.auto_dtype), resolved in place.
+  with config.unlocked():
+    for line in config_lib.resolve_auto_dtypes(config.get("model"), mesh.devices.flat[0].platform):
+      print(line, flush=True)
   nnx.use_eager_sharding(False)  # shard once, inside the jitted init below, not variable by variable
   create = lambda: objective.create_model(config, nnx.Rngs(config.seed))  # noqa: E731 - traced twice below
   graphdef, abs_params, abs_extra = _split(nnx.eval_shape(create))

@@ -1,7 +1,8 @@
 """Native CPU kernels, built on first use with the host's C++ compiler and called through XLA's FFI.
 
-`attention(q, k, v)` is fused softmax attention (cpu_attention.cc) for float32 [B, L, H, E] with E % 16 == 0 and no
-mask; `available()` says whether it can be used here. The shared library is compiled once per source, jaxlib and
+`attention(q, k, v)` is fused softmax attention (cpu_attention.cc) for [B, L, H, E] with E % 16 == 0 and no mask,
+computed in float32 (bfloat16 / float16 operands are widened and the output narrowed back, as PyTorch's CPU SDPA
+accumulates in float32); `available()` says whether it can be used here. The shared library is compiled once per source, jaxlib and
 CPU (`-march=native`, or the cap in XLA_FLAGS' `--xla_cpu_max_isa`, or $WORLDMODEL_KERNEL_MARCH) into $WORLDMODEL_KERNEL_CACHE (default ~/.cache/worldmodel/kernels) and reused; without a
 compiler, or with WORLDMODEL_CPU_KERNELS=0, callers keep XLA's ops and the reason is logged once.
 """
@@ -90,10 +91,13 @@ def unavailable() -> str | None:
   return _load()
 
 
+_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
+
+
 def supports(q_BQHE, k_BKHE) -> str | None:
   """None if the fused kernel takes these operands, else why not."""
-  if q_BQHE.dtype != jnp.float32 or k_BKHE.dtype != jnp.float32:
-    return f"dtype {q_BQHE.dtype} (the fused CPU kernel is float32)"
+  if q_BQHE.dtype not in _DTYPES or k_BKHE.dtype not in _DTYPES:
+    return f"dtype {q_BQHE.dtype} (the fused CPU kernel takes float32, bfloat16 or float16)"
   if q_BQHE.shape[-1] % PAD:
     return f"head width {q_BQHE.shape[-1]} is not a multiple of {PAD}"
   return unavailable()
@@ -128,12 +132,16 @@ def attention(q_BQHE: jax.Array, k_BKHE: jax.Array, v_BKHE: jax.Array) -> jax.Ar
   """softmax(q·kᵀ/√E)·v with the fused kernel; keys are zero-padded to a multiple of 16 and masked inside."""
   if why := supports(q_BQHE, k_BKHE):
     raise ValueError(f"fused CPU attention cannot take this call: {why}")
+  dtype = q_BQHE.dtype
+  # The kernel works in float32: narrower operands are widened here (the casts are outside the custom VJP, so the
+  # gradients come back in the operands' dtype).
+  q_BQHE, k_BKHE, v_BKHE = (x.astype(jnp.float32) for x in (q_BQHE, k_BKHE, v_BKHE))
   K = k_BKHE.shape[1]
   pad = -K % PAD
   if pad:
     widths = ((0, 0), (0, pad), (0, 0), (0, 0))
     k_BKHE, v_BKHE = jnp.pad(k_BKHE, widths), jnp.pad(v_BKHE, widths)
-  return _attention(q_BQHE, k_BKHE, v_BKHE, K)
+  return _attention(q_BQHE, k_BKHE, v_BKHE, K).astype(dtype)
 
 
 # Multiply-adds per (q, k, e) triple: forward Q·Kᵀ and P·V; backward recomputes Q·Kᵀ, then dV, dP, dQ, dK.
