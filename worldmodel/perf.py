@@ -64,7 +64,8 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 10, dtype: str = "float32"
   """FLOP/s of a jitted n×n matmul in `dtype` (the dtype the measured program computes in): the practical peak MFU
   is measured against where no table entry fits. XLA:CPU's bf16 and f32 peaks differ by host (BUILD_NOTES)."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
-  f = jax.jit(lambda x: x @ x)
+  # Accumulated in float32, as the models' dense layers do (models/layers.py): XLA:CPU's bf16 -> bf16 dot is a slower path.
+  f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
   f(a).block_until_ready()
   times = []
   for _ in range(repeats):

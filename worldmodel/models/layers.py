@@ -1,6 +1,7 @@
 """Transformer building blocks shared by every model (tokenizer, JEPA encoder / predictor, AC predictor).
 
-Parameters are f32 ("master weights"); `dtype` is the compute dtype (bf16 on TPU/GPU, f32 on CPU where bf16 is slower).
+Parameters are f32 ("master weights"); `dtype` is the compute dtype (bf16 on TPU/GPU and on CPUs with bf16 dot
+instructions, f32 on other CPUs, where bf16 is slower: `model.dtype='auto'`).
 Every kernel carries mesh-axis annotations: `fsdp` shards the input dimension of projections, `tensor` splits heads and
 the MLP hidden dimension (Megatron style: column-parallel in, row-parallel out).
 """
@@ -17,6 +18,44 @@ from worldmodel.models import positions
 from worldmodel.models.attention import dot_product_attention
 
 _init = nnx.initializers.xavier_uniform()
+_NARROW = (jnp.bfloat16, jnp.float16)
+
+
+@jax.custom_vjp
+def _narrow_matmul(x_XK, w_KN):
+  """x @ w over x's last axis for bf16 / f16 operands, with float32 accumulation and output, forward and backward.
+
+  XLA:CPU runs bf16 x bf16 -> f32 dots on AVX512_BF16 / AMX (~2.4x its f32 rate on Zen 4), but bf16 x bf16 -> bf16
+  dots, and the bf16 dots of jax's own transpose rule, on a slow path (below its f32 rate): BUILD_NOTES, "bf16 on CPU".
+  """
+  return jnp.einsum("...k,kn->...n", x_XK, w_KN, preferred_element_type=jnp.float32)
+
+
+def _narrow_matmul_fwd(x_XK, w_KN):
+  return _narrow_matmul(x_XK, w_KN), (x_XK, w_KN)
+
+
+def _narrow_matmul_bwd(res, g_XN):
+  x_XK, w_KN = res
+  g_XN = g_XN.astype(x_XK.dtype)
+  dx_XK = jnp.einsum("...n,kn->...k", g_XN, w_KN, preferred_element_type=jnp.float32).astype(x_XK.dtype)
+  dw_KN = jnp.einsum("...k,...n->kn", x_XK, g_XN, preferred_element_type=jnp.float32).astype(w_KN.dtype)
+  return dx_XK, dw_KN
+
+
+_narrow_matmul.defvjp(_narrow_matmul_fwd, _narrow_matmul_bwd)
+
+
+def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
+  """`nnx.Linear`'s product: narrow (bf16 / f16) operands on CPU go through `_narrow_matmul` (f32 accumulation, the
+  result rounded to the compute dtype), everything else through `lax.dot_general` unchanged."""
+  (contract_l, contract_r), batch = dimension_numbers
+  plain = (tuple(contract_l), tuple(contract_r)) == ((lhs.ndim - 1,), (0,)) and batch == ((), ()) and rhs.ndim == 2
+  if plain and lhs.dtype in _NARROW and rhs.dtype == lhs.dtype and jax.default_backend() == "cpu":
+    return _narrow_matmul(lhs, rhs).astype(preferred_element_type or lhs.dtype)
+  return jax.lax.dot_general(
+    lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=preferred_element_type, **kwargs
+  )
 
 
 def dense(
@@ -29,6 +68,7 @@ def dense(
     dtype=dtype,
     param_dtype=jnp.float32,
     rngs=rngs,
+    dot_general=dot_general,
     kernel_init=nnx.with_partitioning(init, axes),
     bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
   )
