@@ -10,7 +10,7 @@ from flax import nnx
 
 from experiments import wm as wm_exp
 from worldmodel import config as config_lib
-from worldmodel import runtime
+from worldmodel import objectives, runtime
 from worldmodel.models import layers
 
 
@@ -49,3 +49,14 @@ def test_runtime_resolves_auto_dtype_for_the_host(capsys):
   want, why = config_lib.auto_dtype("cpu")
   assert config.model.dtype == config.model.encoder_model.dtype == want and rt.config.model.dtype == want
   assert f"model.dtype=auto -> {want}: {why}" in capsys.readouterr().out
+
+
+def test_models_built_without_runtime_resolve_auto_too():
+  """A preset with dtype 'auto' can be instantiated directly (notebooks, encoders.load): the host's dtype."""
+  config = wm_exp.get_config("tiny")
+  config.model.dtype = config.model.encoder_model.dtype = "auto"
+  config.model.action_dim = 2
+  want = jnp.dtype(config_lib.auto_dtype("cpu")[0])
+  assert config_lib.compute_dtype("auto") == want and config_lib.compute_dtype("float32") == jnp.float32
+  model = objectives.get("wm").create_model(config, nnx.Rngs(0))
+  assert model.encoder.patch_embed.dtype == want

@@ -142,6 +142,15 @@ def auto_dtype(platform: str, cpu_flags: str | None = None, xla_flags: str | Non
   return "float32", f"this CPU has none of {', '.join(_BF16_CPU_FLAGS)}: bfloat16 matmuls are slower than float32"
 
 
+def compute_dtype(name: str):
+  """A model's compute dtype as a jnp dtype; 'auto' (a config built without runtime.build) resolves for jax's
+  default backend."""
+  import jax
+  import jax.numpy as jnp
+
+  return jnp.dtype(auto_dtype(jax.default_backend())[0] if name == "auto" else name)
+
+
 def resolve_auto_dtypes(node: Any, platform: str, prefix: str = "model") -> list[str]:
   """Replaces every dtype 'auto' under `model` by `auto_dtype(platform)`; returns one line per replaced key."""
   lines = []

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from worldmodel import config as config_lib
 from worldmodel.models import layers, positions
 from worldmodel.models.attention import FrameCausal, dot_product_attention
 
@@ -35,7 +36,7 @@ def _table(frames: int, grid_hw: tuple[int, int], width: int) -> np.ndarray:
 
 class ACPredictor(nnx.Module):
   def __init__(self, m: ml_collections.ConfigDict, enc_dim: int, grid_hw: tuple[int, int], *, rngs: nnx.Rngs):
-    p, dtype = m.predictor, jnp.dtype(m.dtype)
+    p, dtype = m.predictor, config_lib.compute_dtype(m.dtype)
     self.width, self.heads, self.enc_dim = p.width, p.heads, enc_dim
     self.residual = bool(m.residual)  # predict z_t + Δ: "nothing moves" is where training starts
     self.tokens_per_frame = int(np.prod(grid_hw))

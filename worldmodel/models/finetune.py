@@ -9,6 +9,7 @@ import ml_collections
 from flax import nnx
 
 from worldmodel import common
+from worldmodel import config as config_lib
 from worldmodel.models import heads, vit
 from worldmodel.models.variables import Frozen, retyped
 
@@ -36,7 +37,12 @@ class FinetuneModel(nnx.Module):
     self.periodic = tuple(m.periodic_state)
     self.encoder = freeze(vit.VideoViT(e, e.encoder, rngs=rngs), m.mode, m.trainable_blocks)
     self.head = heads.AttentiveHead(
-      e.encoder.width, output_dim(m), heads=m.head.heads, queries=m.head.queries, rngs=rngs, dtype=jnp.dtype(e.dtype)
+      e.encoder.width,
+      output_dim(m),
+      heads=m.head.heads,
+      queries=m.head.queries,
+      rngs=rngs,
+      dtype=config_lib.compute_dtype(e.dtype),
     )
 
   def __call__(self, video_BTHWC: jax.Array) -> jax.Array:

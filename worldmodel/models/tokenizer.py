@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from worldmodel import config as config_lib
 from worldmodel.models import layers
 from worldmodel.models.quantizers import FSQ, VQ, QuantOut
 
@@ -42,7 +43,7 @@ def make_quantizer(cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
 class VideoTokenizer(nnx.Module):
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    dtype = jnp.dtype(cfg.dtype)
+    dtype = config_lib.compute_dtype(cfg.dtype)
     pt, ph, pw = cfg.tubelet
     T, H, W = cfg.frames, cfg.size, cfg.size
     if T % pt or H % ph or W % pw:

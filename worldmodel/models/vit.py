@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from worldmodel import config as config_lib
 from worldmodel.models import layers, positions
 
 # V-JEPA normalises pixels with ImageNet statistics; keeping it makes imported encoders see what they were trained on.
@@ -62,7 +63,7 @@ class PositionTable:
 
 
 def _dtype(name: str):
-  return jnp.dtype(name)
+  return config_lib.compute_dtype(name)
 
 
 class VideoViT(nnx.Module):
