@@ -79,7 +79,8 @@ def _forward_blocks(q_bhqd, k_bhdk, v_bhkd, bias):
     e = jnp.exp(logits - m)
     den = jnp.sum(e, axis=-1, keepdims=True)
     # Normalise after the PV matmul: one pass over the block fewer than dividing P.
-    outs.append(jnp.matmul(e.astype(v_bhkd.dtype), v_bhkd) / den.astype(v_bhkd.dtype))
+    pv = jnp.matmul(e.astype(v_bhkd.dtype), v_bhkd, preferred_element_type=jnp.float32)
+    outs.append((pv / den).astype(v_bhkd.dtype))
     lses.append(m + jnp.log(den))
   return jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3), jnp.concatenate(lses, axis=2)
 
@@ -88,15 +89,16 @@ def _backward(q, k, v, bias, o, lse, do):
   # Unblocked (blocking the backward means accumulating dK, dV over blocks, which measured slower). The dQ and dK
   # products are written as plain [.., M, N] @ [.., N, P] matmuls over the big matrix: ~1.5× faster than einsum's
   # choice of operand order here.
-  scale = q.shape[-1] ** -0.5
+  # Every product accumulates in f32 (bf16 operands: XLA:CPU's fast bf16 dot path is bf16 x bf16 -> f32 only).
+  scale, f32 = q.shape[-1] ** -0.5, jnp.float32
   p = jnp.exp(_logits(q, k, bias) - lse).astype(v.dtype)  # recomputed, as flash attention does
-  dv = jnp.einsum("bhqk,bqhd->bkhd", p, do)
-  dp = jnp.einsum("bqhd,bkhd->bhqk", do, v)
-  delta = jnp.sum(do * o, axis=-1).transpose(0, 2, 1)[..., None]  # rowsum(dO ∘ O) = rowsum(P ∘ dP)
-  ds = p * (dp - delta.astype(dp.dtype))
-  dq = jnp.matmul(ds, k.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3) * scale
-  dk = jnp.matmul(q.transpose(0, 2, 3, 1), ds).transpose(0, 3, 1, 2) * scale
-  return dq, dk, dv
+  dv = jnp.einsum("bhqk,bqhd->bkhd", p, do, preferred_element_type=f32)
+  dp = jnp.einsum("bqhd,bkhd->bhqk", do, v, preferred_element_type=f32)
+  delta = jnp.sum(do.astype(f32) * o, axis=-1).transpose(0, 2, 1)[..., None]  # rowsum(dO ∘ O) = rowsum(P ∘ dP)
+  ds = (p * (dp - delta)).astype(q.dtype)
+  dq = jnp.matmul(ds, k.transpose(0, 2, 1, 3), preferred_element_type=f32).transpose(0, 2, 1, 3) * scale
+  dk = jnp.matmul(q.transpose(0, 2, 3, 1), ds, preferred_element_type=f32).transpose(0, 3, 1, 2) * scale
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
 @jax.custom_vjp
