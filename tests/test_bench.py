@@ -24,6 +24,13 @@ def test_bench_prints_step_and_loader_figures():
   assert json.loads(r.stdout.strip().splitlines()[-1])["loader_clips_per_s"]["0"] > 0
 
 
+def test_bench_fills_what_the_objective_takes_from_the_data():
+  """A world model's action size comes from the data (train's preflight fills it; bench must too)."""
+  r = run_cli("worldmodel.bench", "--config=experiments/wm.py:tiny", "--steps=1", "--matmul_size=128")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert json.loads(r.stdout.strip().splitlines()[-1])["step_time_s"] > 0
+
+
 @pytest.mark.slow
 def test_bench_input_only_reports_read_amplification():
   """4-frame clips from 32-frame episodes: whole episodes decode 8x the frames used, 4-step chunks < 2x."""

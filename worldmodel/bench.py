@@ -98,7 +98,7 @@ def bench(config, steps: int, matmul_size: int = 2048) -> dict:
   t0 = time.perf_counter()
   step_fn = rt.train_step.lower(state, first).compile()
   flops = compiled_flops(step_fn)
-  if config.model.scan_layers:
+  if config.model.get("scan_layers") or config.model.get("encoder_model", {}).get("scan_layers"):
     print("warning: XLA's cost analysis counts scanned layers once: flops_per_step and mfu are too low", flush=True)
   state, logs = step_fn(state, first)
   jax.block_until_ready(logs)
@@ -273,6 +273,18 @@ def _bench_data(config):
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _resolve(config) -> None:
+  """The keys an objective derives from the data or another run (the action size, an encoder's shape), as train's
+  preflight fills them; a dataset or source that cannot provide them is a one-line error."""
+  from worldmodel import checkpoint, objectives
+  from worldmodel.data import records
+
+  try:
+    objectives.get(config.objective).resolve_config(config)
+  except (records.DatasetError, checkpoint.CheckpointError, config_lib.ConfigError) as e:
+    config_lib.die(str(e))
+
+
 def main(argv):
   distributed.start(argv)
   config = _CONFIG.value
@@ -297,6 +309,7 @@ def main(argv):
     elif _LOADER.value:
       result = bench_loader(config, [int(w) for w in _LOADER.value], _LOADER_BATCHES.value)
     else:
+      _resolve(config)
       result = bench(config, _STEPS.value, _MATMUL.value)
   print(json.dumps(result), flush=True)
 
