@@ -119,10 +119,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.loss_exp = 2.0  # sparse scenes (an arm on a plain floor): see tiny
     c.optim.update(lr=5e-4, warmup_steps=200, ema_start=0.996, ema_end=1.0)
     c.eval.probe_clips = 1024  # 4 time slots per clip: 4096 probe samples (fewer overfit the attentive probe)
-  elif variant == "small":
-    pass
-  elif variant == "bench":
-    c.total_steps = 100
+  elif variant in ("small", "bench"):
+    # bf16 compute where the host runs it faster (GPU / TPU, CPUs with AVX512_BF16; bench step 2.41 vs 2.66 s on Zen 4)
+    c.model.dtype = "auto"
+    c.total_steps = 100 if variant == "bench" else c.total_steps
   elif variant == "base":
     c.model.update(size=224, tubelet=(2, 16, 16), encoder=_encoder("vit_b"), remat="full", scan_layers=True)
     c.model.predictor = dict(width=384, depth=12, heads=12, mlp_ratio=4.0)

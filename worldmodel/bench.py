@@ -240,6 +240,7 @@ def bench_rollout(
     "predictor": f"{p.width}x{p.depth} heads {p.heads}",
     "tokens_per_frame": side * side,
     "action_dim": m.action_dim,
+    "dtype": str(config_lib.compute_dtype(m.dtype)),  # 'auto' resolved for this host
     "frames": frames,
     "ms_per_frame_cached": 1e3 * cached,
     "ms_per_frame_recompute": 1e3 * full,
