@@ -19,7 +19,7 @@ from flax import nnx
 
 from worldmodel import config as config_lib
 from worldmodel.models import layers, positions
-from worldmodel.models.attention import FrameCausal, dot_product_attention
+from worldmodel.models.attention import FrameCausal
 
 
 def block_causal_mask(frames: int, per_frame: int) -> np.ndarray:
@@ -114,7 +114,7 @@ class ACPredictor(nnx.Module):
       v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"][i], v.astype(cache["v"].dtype), t * P, axis=1)
       ks.append(k_all)
       vs.append(v_all)
-      o = dot_product_attention(q, k_all[:, :L].astype(q.dtype), v_all[:, :L].astype(q.dtype), mask=visible)
+      o = block.attn.attend(q, k_all[:, :L].astype(q.dtype), v_all[:, :L].astype(q.dtype), mask=visible)
       x = x + block.attn.out(o.reshape(x.shape))
       x = x + block.mlp(block.norm2(x))
     pred = self._readout(x[:, None])[:, 0]
