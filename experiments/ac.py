@@ -68,6 +68,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # copy-last); squared error learns the mean change. Two context frames show the velocity. Results: BUILD_NOTES.md
     # ("Planning: a control step the horizon can see ...").
     c.model.update(loss_exp=2.0, context_frames=2)
-  elif variant == "small":  # bf16 where the host runs it faster (CEM iteration on Zen 4: 1.10 vs 1.51 s)
+  elif variant == "small":  # bf16 where the host runs it faster (CEM iteration on Zen 4: 1.31–1.37 vs 1.51–1.75 s)
     c.model.dtype = "auto"
   return c

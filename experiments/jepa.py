@@ -120,7 +120,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.update(lr=5e-4, warmup_steps=200, ema_start=0.996, ema_end=1.0)
     c.eval.probe_clips = 1024  # 4 time slots per clip: 4096 probe samples (fewer overfit the attentive probe)
   elif variant in ("small", "bench"):
-    # bf16 compute where the host runs it faster (GPU / TPU, CPUs with AVX512_BF16; bench step 2.41 vs 2.66 s on Zen 4)
+    # bf16 compute where the host runs it faster (GPU / TPU, CPUs with AVX512_BF16; bench step 2.44 vs 2.66 s on Zen 4)
     c.model.dtype = "auto"
     c.total_steps = 100 if variant == "bench" else c.total_steps
   elif variant == "base":
