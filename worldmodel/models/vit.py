@@ -62,15 +62,11 @@ class PositionTable:
     return x_BKD, positions.rope_angles(jnp.asarray(self.coords)[ids_BK], head_dim)
 
 
-def _dtype(name: str):
-  return config_lib.compute_dtype(name)
-
-
 class VideoViT(nnx.Module):
   """Tubelet embedding → pre-LN blocks → final LayerNorm. No CLS token (as V-JEPA)."""
 
   def __init__(self, m: ml_collections.ConfigDict, e: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    dtype = _dtype(m.dtype)
+    dtype = config_lib.compute_dtype(m.dtype)
     self.tubelet, self.grid = tuple(m.tubelet), token_grid(m.frames, m.size, m.tubelet)
     self.width = e.width
     patch_dim = int(np.prod(m.tubelet)) * 3
@@ -121,7 +117,7 @@ class Predictor(nnx.Module):
   """
 
   def __init__(self, m: ml_collections.ConfigDict, num_mask_tokens: int, *, rngs: nnx.Rngs):
-    p, dtype = m.predictor, _dtype(m.dtype)
+    p, dtype = m.predictor, config_lib.compute_dtype(m.dtype)
     grid = token_grid(m.frames, m.size, m.tubelet)
     self.embed = layers.dense(m.encoder.width, p.width, axes=("fsdp", "tensor"), rngs=rngs, dtype=dtype)
     self.mask_tokens = nnx.Param(jnp.zeros((num_mask_tokens, p.width)), out_sharding=(None, None))
