@@ -151,6 +151,14 @@ def test_oracle_reaches_the_goals_random_actions_do_not(case_env):
   assert s["random_successes"] <= 1, s
   lo, hi = s["oracle_success_ci95"]
   assert lo < s["oracle_success_rate"] <= hi and "oracle_plan_seconds_median" in s
+  rows = goal_protocol.per_episode(runs)
+  assert (
+    [r["trajectory"] for r in rows["oracle"]]
+    == [r["trajectory"] for r in rows["random"]]
+    == list(range(1_000_000, 1_000_004))
+  )
+  for r in rows["oracle"] + rows["random"]:
+    assert r["min_joint_error"] <= r["final_joint_error"] + 1e-6 and (r["first_success"] >= 0) == r["success"]
 
 
 def test_bad_settings_exit_2_before_anything_loads(tmp_path):
@@ -217,4 +225,5 @@ def test_lewm_protocol_cli_end_to_end(tmp_path, reacher32):
     lo, hi = m[f"{name}success_ci95"]
     assert 0 <= lo <= m[f"{name}success_rate"] <= hi <= 1 and math.isfinite(m[f"{name}final_joint_error"])
   assert m["plan_seconds_median"] > 0 and m["oracle_plan_seconds_median"] > 0
+  assert sorted(m["per_episode"]) == ["oracle", "planned", "random"] and len(m["per_episode"]["planned"]) == 1
   assert os.path.getsize(m["media"]["episode_mp4"]) > 1000 and os.path.getsize(m["media"]["distance_png"]) > 1000

@@ -256,6 +256,7 @@ def _run_lewm(case_env, plan_fns, lewm, s, head, seed, context, out_dir) -> dict
     **goal_protocol.summary(runs),
   }
   result["wall_seconds"] = time.time() - t0
+  result["per_episode"] = goal_protocol.per_episode(runs)
   curves = {name: np.mean([e["distance_T"] for e in eps], 0) for name, eps in runs.items()}
   return _write(result, out_dir, runs["planned"][0], curves, "largest joint error (rad)")
 
@@ -314,7 +315,7 @@ def _write(result: dict, out_dir: str, first: dict, curves: dict, ylabel: str) -
   with open(os.path.join(mirror.local, "metrics.json"), "w") as f:
     json.dump(result, f, indent=2)
   mirror.close()
-  print(json.dumps({k: v for k, v in result.items() if k != "media"}))
+  print(json.dumps({k: v for k, v in result.items() if k not in ("media", "per_episode")}))
   print(f"wrote {storage.join(out_dir, 'metrics.json')}")
   return result
 

@@ -235,9 +235,29 @@ def evaluate(
       )
       runs[name].append(ep)
     runs["random"].append(planning.random_policy_episode(case_env, budget, seed=case.seed))
+    for eps in runs.values():
+      eps[-1].update(trajectory=case.seed, start=case.start)
     parts = " | ".join(f"{k} {'reached' if v[-1]['success'] else 'missed'}" for k, v in runs.items())
     log(f"episode {i + 1}/{episodes} (trajectory {case.seed}, start frame {case.start}): {parts}", flush=True)
   return runs
+
+
+def per_episode(runs: dict) -> dict:
+  """{policy: [one row per episode]}: which held-out trajectory and start frame, whether it succeeded (checked every
+  control step) and in which frame first (-1: never), and the largest joint error (rad) at its closest frame and
+  at the end: how near the failures came."""
+  keys = ("trajectory", "start", "success", "first_success")
+  return {
+    name: [
+      {
+        **{k: e[k] for k in keys},
+        "min_joint_error": float(np.min(e["distance_T"])),
+        "final_joint_error": e["final_distance"],
+      }
+      for e in eps
+    ]
+    for name, eps in runs.items()
+  }
 
 
 def summary(runs: dict) -> dict:
