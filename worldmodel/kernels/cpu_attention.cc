@@ -79,10 +79,19 @@ inline void tile(int K, const float* a, int64_t sam, int64_t sak, const float* b
     for (int j = 0; j < NV; ++j) store(c + i * ldc + W * j, r[i][j]);
 }
 
+// Widest tile first: with AVX-512's 32 registers a 6 × 4-vector tile (24 accumulators) does 24 FMAs per 10 loads;
+// AVX2's 16 registers hold 4 × 2.
+#ifdef __AVX512F__
+constexpr int kRows = 6, kVecs = 4;
+#else
+constexpr int kRows = 4, kVecs = 2;
+#endif
+
 template <int MR>
 inline void row_block(int N, int K, const float* a, int64_t sam, int64_t sak, const float* b, int64_t ldb, float* c,
                       int64_t ldc, bool acc) {
   int n = 0;
+  for (; n + kVecs * W <= N; n += kVecs * W) tile<MR, kVecs>(K, a, sam, sak, b + n, ldb, c + n, ldc, acc);
   for (; n + 2 * W <= N; n += 2 * W) tile<MR, 2>(K, a, sam, sak, b + n, ldb, c + n, ldc, acc);
   for (; n < N; n += W) tile<MR, 1>(K, a, sam, sak, b + n, ldb, c + n, ldc, acc);
 }
@@ -90,7 +99,8 @@ inline void row_block(int N, int K, const float* a, int64_t sam, int64_t sak, co
 void gemm(int M, int N, int K, const float* a, int64_t sam, int64_t sak, const float* b, int64_t ldb, float* c,
           int64_t ldc, bool acc) {
   int m = 0;
-  for (; m + 4 <= M; m += 4) row_block<4>(N, K, a + m * sam, sam, sak, b, ldb, c + m * ldc, ldc, acc);
+  for (; m + kRows <= M; m += kRows) row_block<kRows>(N, K, a + m * sam, sam, sak, b, ldb, c + m * ldc, ldc, acc);
+  for (; m + 2 <= M; m += 2) row_block<2>(N, K, a + m * sam, sam, sak, b, ldb, c + m * ldc, ldc, acc);
   for (; m < M; ++m) row_block<1>(N, K, a + m * sam, sam, sak, b, ldb, c + m * ldc, ldc, acc);
 }
 
