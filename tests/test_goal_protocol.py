@@ -16,7 +16,8 @@ from conftest import experiment_config, run_cli
 from worldmodel import planning
 from worldmodel.envs.goal_protocol import Protocol, planner_settings, rate, wilson_interval
 
-LEWM = Protocol(goal_offset=25, budget=50, trajectory_steps=200)  # half LeWM's distances and budget: quicker
+LEWM = Protocol(goal_offset=30, budget=50, trajectory_steps=200)  # about half LeWM's distances and budget: quicker
+LEWM_DATA = Protocol(goal_offset=25, budget=50, trajectory_steps=200, trajectory_policy="data")
 
 
 def test_wilson_interval():
@@ -42,6 +43,8 @@ def test_wilson_interval():
     (dict(goal_offset=450), "--goal_offset=450 control steps is beyond"),
     (dict(goal_offset=0), "--goal_offset=0"),
     (dict(qpos_tolerance=0.0), "--qpos_tolerance"),
+    (dict(goal_offset=45), "must be whole LeWM env steps"),
+    (dict(trajectory_policy="expert"), "--trajectory_policy='expert'"),
   ],
 )
 def test_settings_that_cannot_work_are_refused(kwargs, flag):
@@ -78,30 +81,43 @@ def case_env():
   return goal_protocol.CaseEnv(env, LEWM)
 
 
-def test_start_and_goal_come_from_one_held_out_trajectory(case_env):
+@pytest.mark.parametrize("protocol", [LEWM, LEWM_DATA], ids=["uniform", "data"])
+def test_start_and_goal_come_from_one_held_out_trajectory(case_env, protocol):
   from worldmodel.data.sources import dmc
   from worldmodel.envs import goal_protocol
 
+  case_env.protocol = protocol
   starts = set()
   for seed in (1_000_000, 1_000_001, 1_000_002):
-    case = goal_protocol.make_case(case_env.env, seed, LEWM)
+    case = goal_protocol.make_case(case_env.env, seed, protocol)
     ep = case.episode
-    assert ep["video"].shape == (41, 32, 32, 3) and 0 <= case.start <= 41 - 5 - 1 and case.offset == 5
-    starts.add(case.start)
-    # The trajectory is the dataset generator's episode for that seed (same policy and rendering as training data).
-    again = dmc.rollout(case_env.env.env, dmc.Spec("reacher", "easy", frames=41, size=32, action_repeat=5), seed)
-    np.testing.assert_array_equal(again["video"], ep["video"])
-    assert goal_protocol.make_case(case_env.env, seed, LEWM).start == case.start  # a pure function of the seed
+    if protocol.trajectory_policy == "data":
+      # The dataset generator's episode for that seed (same policy and rendering as the training data), in frames.
+      assert ep["video"].shape == (41, 32, 32, 3) and 0 <= case.start <= 41 - 5 - 1 and case.offset == 5
+      again = dmc.rollout(case_env.env.env, dmc.Spec("reacher", "easy", frames=41, size=32, action_repeat=5), seed)
+      np.testing.assert_array_equal(again["video"], ep["video"])
+    else:
+      # LeWM's: an i.i.d. uniform action per env step of 2 control steps, any env step a start.
+      assert ep["video"].shape == (101, 32, 32, 3) and 0 <= case.start <= 101 - 15 - 1 and case.offset == 15
+      assert (
+        case.repeat == 2
+        and np.abs(ep["action"]).max() <= 1
+        and abs(np.corrcoef(ep["action"][1:, 0], ep["action"][:-1, 0])[0, 1]) < 0.3
+      )
+    assert goal_protocol.make_case(case_env.env, seed, protocol).start == case.start  # a pure function of the seed
     case_env.load(case)
     frame = case_env.reset(seed)
     np.testing.assert_array_equal(frame, ep["video"][case.start])  # the exact start state, velocity included
     np.testing.assert_array_equal(case_env.state(), ep["state"][case.start])
-    # Replaying the recorded actions for 25 control steps lands exactly on the goal: it is the state 25 steps later.
+    # Replaying the recorded actions up to the goal lands exactly on it: it is the state goal_offset steps later.
     for t in range(case.start, case.start + case.offset):
-      frame = case_env.step(ep["action"][t])
-    np.testing.assert_array_equal(frame, case_env.goal_frame())
+      for _ in range(case.repeat):
+        case_env.env.env.step(ep["action"][t])
+    np.testing.assert_array_equal(case_env.frame(), case_env.goal_frame())
     np.testing.assert_array_equal(case_env.state()[:2], case_env.goal_qpos)
-    assert case_env.distance() < 1e-6 and case_env.success()  # the goal qpos is the dataset's float32 state
+    assert case_env.distance() < 1e-6  # the goal qpos is the dataset's float32 state
+    starts.add(case.start)
+  case_env.protocol = LEWM
   assert len(starts) > 1
 
 
@@ -205,8 +221,8 @@ def test_env_whose_actions_or_frames_differ_from_the_model_is_refused(tmp_path, 
   with pytest.raises(ValueError, match=r"renders 32x32 frames .* takes 64x64 frames \(model.size\)"):
     plan.build_env("dmc:reacher-easy", plan.load_config(w), w)
   w = _workdir(tmp_path / "ok", reacher32, size=32)
-  with pytest.raises(ValueError, match="--goal_offset=23 control steps is not a whole number"):
-    plan.run(w, protocol="lewm", lewm=Protocol(goal_offset=23))
+  with pytest.raises(ValueError, match="--goal_offset=24 control steps is not a whole number"):
+    plan.run(w, protocol="lewm", lewm=Protocol(goal_offset=24))
 
 
 @pytest.mark.slow

@@ -68,6 +68,13 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
   _BUDGET = flags.DEFINE_integer("budget", 100, "lewm: control steps the agent gets to reach the goal.")
   _TRAJECTORY = flags.DEFINE_integer("trajectory_steps", 400, "lewm: control steps of each held-out trajectory.")
   _TOLERANCE = flags.DEFINE_float("qpos_tolerance", 0.05, "lewm: success when every joint is this close (rad).")
+  _TRAJ_POLICY = flags.DEFINE_enum(
+    "trajectory_policy",
+    "uniform",
+    ["uniform", "data"],
+    "lewm: the held-out trajectories' policy: uniform (LeWM's: an i.i.d. uniform action every 2 control steps) or "
+    "data (our dataset generator's AR(1) actions held for a frame; the default before 2026-12-02).",
+  )
   _ORACLE = flags.DEFINE_bool("oracle", True, "lewm: also plan with the true physics and the goal's qpos (ceiling).")
   _COST_STEPS = flags.DEFINE_enum(
     "cost_steps",
@@ -336,7 +343,9 @@ def main(argv):
       _WORKDIR.value,
       env_name=_ENV.value,
       protocol=_PROTOCOL.value,
-      lewm=goal_protocol.Protocol(_GOAL_OFFSET.value, _BUDGET.value, _TRAJECTORY.value, _TOLERANCE.value),
+      lewm=goal_protocol.Protocol(
+        _GOAL_OFFSET.value, _BUDGET.value, _TRAJECTORY.value, _TOLERANCE.value, _TRAJ_POLICY.value
+      ),
       episodes=_EPISODES.value,
       steps=_STEPS.value,
       horizon=_HORIZON.value,

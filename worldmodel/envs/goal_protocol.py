@@ -7,9 +7,11 @@ at any control step (the episode would terminate there). Units are control steps
 reacher); a model frame spans the data's action repeat (LeWM: 5 env steps of 2 control steps each). Differences
 from LeWM: BUILD_NOTES.md.
 
-The held-out trajectories are episodes of our own dataset generator (`dmc.rollout`: same policy, rendering,
-camera, size and action repeat as the training data) with seeds no dataset uses, so the goal image is exactly
-what the model would have seen in its data, target sphere included if the data shows it.
+The held-out trajectories come from seeds no dataset uses, rendered like the model's data (camera, size, target
+sphere shown or not). Their policy (`Protocol.trajectory_policy`): `uniform`, LeWM's (stable-worldmodel's
+RandomPolicy: an i.i.d. uniform action every env step of 2 control steps, the start at any env step), or `data`,
+our dataset generator's episodes (`dmc.rollout`: AR(1) actions held for a model frame, the start at a frame),
+which travel further in the 50 control steps to the goal (BUILD_NOTES: the shoulder turns more than π in 6 of 50).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from worldmodel.data.sources import dmc
 
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 START_STREAM = 25  # the start index's random stream: np.random.default_rng([trajectory seed, START_STREAM])
+ACTION_STREAM = 26  # the uniform policy's actions: np.random.default_rng([trajectory seed, ACTION_STREAM])
+LEWM_ENV_STEP = 2  # control steps per env step of stable-worldmodel's DMControl wrapper (its action repeat)
+POLICIES = ("uniform", "data")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,9 +40,19 @@ class Protocol:
   budget: int = 100
   trajectory_steps: int = 400
   qpos_tolerance: float = 0.05
+  trajectory_policy: str = "uniform"  # the held-out trajectories' policy: LeWM's (uniform) or our generator's (data)
 
   def check(self, action_repeat: int | None = None) -> None:
     """ValueError naming the flag for settings that cannot work (before anything is built)."""
+    if self.trajectory_policy not in POLICIES:
+      raise ValueError(f"--trajectory_policy={self.trajectory_policy!r}: choose one of {', '.join(POLICIES)}")
+    if self.trajectory_policy == "uniform" and (
+      self.goal_offset % LEWM_ENV_STEP or self.trajectory_steps % LEWM_ENV_STEP
+    ):
+      raise ValueError(
+        f"--goal_offset={self.goal_offset} and --trajectory_steps={self.trajectory_steps} must be whole LeWM env "
+        f"steps ({LEWM_ENV_STEP} control steps) with --trajectory_policy=uniform"
+      )
     if self.budget <= 0:
       raise ValueError(f"--budget={self.budget}: the agent needs at least one control step to reach its goal")
     if self.goal_offset <= 0:
@@ -114,12 +129,13 @@ def rate(successes: list[bool]) -> dict:
 
 @dataclasses.dataclass
 class Case:
-  """One evaluation episode: a held-out trajectory (one `dmc.rollout` episode) and where on it start and goal lie."""
+  """One evaluation episode: a held-out trajectory and where on it start and goal lie."""
 
   seed: int
-  start: int  # frame index of the start; the goal is frame start + offset
+  start: int  # trajectory step of the start; the goal is step start + offset
   offset: int
-  episode: dict  # video [T,H,W,C], action [T,A], state [T, nq+nv] as in the dataset
+  episode: dict  # video [T,H,W,C], action [T,A], state [T, nq+nv] as in the dataset, one row per trajectory step
+  repeat: int  # control steps per trajectory step (each action held that long)
 
   @property
   def goal_HWC(self) -> np.ndarray:
@@ -132,10 +148,30 @@ class Case:
 def make_case(env, seed: int, protocol: Protocol) -> Case:
   """The trajectory with this seed and a start drawn uniformly among those whose goal lies inside it
   (eval_wm.py: start <= length - offset - 1), a pure function of the seed."""
-  offset, _, frames = protocol.frames(env.spec.action_repeat)
-  episode = dmc.rollout(env.env, dataclasses.replace(env.spec, frames=frames), seed)
-  start = int(np.random.default_rng([seed, START_STREAM]).integers(0, frames - offset))
-  return Case(seed=seed, start=start, offset=offset, episode=episode)
+  repeat = LEWM_ENV_STEP if protocol.trajectory_policy == "uniform" else env.spec.action_repeat
+  offset, steps = protocol.goal_offset // repeat, protocol.trajectory_steps // repeat + 1
+  if protocol.trajectory_policy == "uniform":
+    episode = uniform_rollout(env, seed, steps, repeat)
+  else:
+    episode = dmc.rollout(env.env, dataclasses.replace(env.spec, frames=steps), seed)
+  start = int(np.random.default_rng([seed, START_STREAM]).integers(0, steps - offset))
+  return Case(seed=seed, start=start, offset=offset, episode=episode, repeat=repeat)
+
+
+def uniform_rollout(env, seed: int, steps: int, repeat: int) -> dict:
+  """LeWM's held-out trajectory: from `env.reset(seed)` (the dataset's start-state seeding), an i.i.d. uniform
+  action every `repeat` control steps, the observation and state recorded after each (stable-worldmodel's
+  RandomPolicy samples the action space at every env step)."""
+  env.reset(seed)
+  rng = np.random.default_rng([seed, ACTION_STREAM])
+  action_TA = rng.uniform(env.low_A, env.high_A, size=(steps, len(env.low_A))).astype(np.float32)
+  video, state = [env.frame()], [env.state()]
+  for a_A in action_TA[: steps - 1]:
+    for _ in range(repeat):
+      env.env.step(a_A)
+    video.append(env.frame())
+    state.append(env.state())
+  return {"video": np.stack(video), "action": action_TA, "state": np.stack(state)}
 
 
 class CaseEnv:
@@ -158,7 +194,8 @@ class CaseEnv:
       raise ValueError(f"this CaseEnv replays trajectory {self.case.seed}, not {seed}")
     self.env.reset(self.case.seed)
     for action_A in self.case.episode["action"][: self.case.start]:
-      self.env.step(action_A)
+      for _ in range(self.case.repeat):
+        self.env.env.step(action_A)
     self._hit = self._reached()
     return self.env.frame()
 
@@ -243,7 +280,7 @@ def evaluate(
 
 
 def per_episode(runs: dict) -> dict:
-  """{policy: [one row per episode]}: which held-out trajectory and start frame, whether it succeeded (checked every
+  """{policy: [one row per episode]}: which held-out trajectory and start step, whether it succeeded (checked every
   control step) and in which frame first (-1: never), and the largest joint error (rad) at its closest frame and
   at the end: how near the failures came."""
   keys = ("trajectory", "start", "success", "first_success")
