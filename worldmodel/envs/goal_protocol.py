@@ -275,7 +275,7 @@ def evaluate(
     for eps in runs.values():
       eps[-1].update(trajectory=case.seed, start=case.start)
     parts = " | ".join(f"{k} {'reached' if v[-1]['success'] else 'missed'}" for k, v in runs.items())
-    log(f"episode {i + 1}/{episodes} (trajectory {case.seed}, start frame {case.start}): {parts}", flush=True)
+    log(f"episode {i + 1}/{episodes} (trajectory {case.seed}, start step {case.start}): {parts}", flush=True)
   return runs
 
 
