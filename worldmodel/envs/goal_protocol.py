@@ -150,28 +150,18 @@ def make_case(env, seed: int, protocol: Protocol) -> Case:
   (eval_wm.py: start <= length - offset - 1), a pure function of the seed."""
   repeat = LEWM_ENV_STEP if protocol.trajectory_policy == "uniform" else env.spec.action_repeat
   offset, steps = protocol.goal_offset // repeat, protocol.trajectory_steps // repeat + 1
-  if protocol.trajectory_policy == "uniform":
-    episode = uniform_rollout(env, seed, steps, repeat)
-  else:
-    episode = dmc.rollout(env.env, dataclasses.replace(env.spec, frames=steps), seed)
+  spec = dataclasses.replace(env.spec, frames=steps, action_repeat=repeat)
+  actions = uniform_actions(env, seed, steps) if protocol.trajectory_policy == "uniform" else None
+  episode = dmc.rollout(env.env, spec, seed, actions)
   start = int(np.random.default_rng([seed, START_STREAM]).integers(0, steps - offset))
   return Case(seed=seed, start=start, offset=offset, episode=episode, repeat=repeat)
 
 
-def uniform_rollout(env, seed: int, steps: int, repeat: int) -> dict:
-  """LeWM's held-out trajectory: from `env.reset(seed)` (the dataset's start-state seeding), an i.i.d. uniform
-  action every `repeat` control steps, the observation and state recorded after each (stable-worldmodel's
-  RandomPolicy samples the action space at every env step)."""
-  env.reset(seed)
+def uniform_actions(env, seed: int, steps: int) -> np.ndarray:
+  """LeWM's held-out policy, [steps, A]: an i.i.d. uniform action per trajectory step (stable-worldmodel's
+  RandomPolicy samples the action space at every env step), a pure function of the seed."""
   rng = np.random.default_rng([seed, ACTION_STREAM])
-  action_TA = rng.uniform(env.low_A, env.high_A, size=(steps, len(env.low_A))).astype(np.float32)
-  video, state = [env.frame()], [env.state()]
-  for a_A in action_TA[: steps - 1]:
-    for _ in range(repeat):
-      env.env.step(a_A)
-    video.append(env.frame())
-    state.append(env.state())
-  return {"video": np.stack(video), "action": action_TA, "state": np.stack(state)}
+  return rng.uniform(env.low_A, env.high_A, size=(steps, len(env.low_A))).astype(np.float32)
 
 
 class CaseEnv:

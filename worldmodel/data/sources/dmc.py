@@ -185,13 +185,15 @@ def sample_actions(rng: np.random.Generator, action_spec, frames: int) -> np.nda
   return np.clip(mid_A + half_A * z_TA, lo, hi).astype(np.float32)
 
 
-def rollout(env, spec: Spec, seed: int) -> dict[str, np.ndarray]:
-  """One episode from `seed` (see the alignment convention in the module docstring)."""
+def rollout(env, spec: Spec, seed: int, action_TA: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """One episode from `seed` (see the alignment convention in the module docstring); `action_TA` [frames, A]
+  replaces the dataset policy's actions (each still held for `spec.action_repeat` control steps)."""
   env_ss, policy_ss = np.random.SeedSequence(seed).spawn(2)
   env.task.random.seed(env_ss.generate_state(4))  # reseeds the task's RandomState in place
   env.reset()
   physics, T = env.physics, spec.frames
-  action_TA = sample_actions(np.random.default_rng(policy_ss), env.action_spec(), T)
+  if action_TA is None:
+    action_TA = sample_actions(np.random.default_rng(policy_ss), env.action_spec(), T)
   video_THWC = np.empty((T, spec.size, spec.size, 3), np.uint8)
   state_TS = np.empty((T, physics.model.nq + physics.model.nv), np.float32)
   reward_T = np.empty(T, np.float32)
