@@ -42,6 +42,7 @@ from absl import app, flags
 
 from worldmodel import config as config_lib
 from worldmodel import latent_planner, storage
+from worldmodel.envs import goal_protocol
 
 if __name__ == "__main__":  # flags only for the CLI: importing several CLI modules must not redefine them
   _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of an action-conditioned run (experiments/ac.py).")
@@ -71,7 +72,7 @@ if __name__ == "__main__":  # flags only for the CLI: importing several CLI modu
   _TRAJ_POLICY = flags.DEFINE_enum(
     "trajectory_policy",
     "uniform",
-    ["uniform", "data"],
+    list(goal_protocol.POLICIES),
     "lewm: the held-out trajectories' policy: uniform (LeWM's: an i.i.d. uniform action every 2 control steps) or "
     "data (our dataset generator's AR(1) actions held for a frame; the default before 2026-12-02).",
   )
@@ -196,8 +197,6 @@ def run(
 ) -> dict:
   """Plans `episodes` episodes under `protocol` (reach, or lewm with `lewm`: a goal_protocol.Protocol), writes
   metrics.json and media to `out_dir` (default WORKDIR/plan/<step>[-lewm][-dynamics]) and returns the metrics."""
-  from worldmodel.envs import goal_protocol
-
   cost_steps = cost_steps or ("last" if dynamics == "simulator" else "sum")
   asked = dict(
     episodes=episodes, horizon=horizon, samples=samples, iterations=iterations, elites=elites, replan_every=replan_every
@@ -251,8 +250,6 @@ def run(
 
 
 def _run_lewm(case_env, plan_fns, lewm, s, head, seed, context, out_dir) -> dict:
-  from worldmodel.envs import goal_protocol
-
   t0 = time.time()
   kw = dict(episodes=s["episodes"], seed=SEED_OFFSET + seed, horizon=s["horizon"], replan_every=s["replan_every"])
   runs = goal_protocol.evaluate(case_env, plan_fns, lewm, context=context, **kw)
@@ -336,7 +333,6 @@ def main(argv):
     )
   from worldmodel.checkpoint import CheckpointError
   from worldmodel.data.records import DatasetError
-  from worldmodel.envs import goal_protocol
 
   try:
     run(
