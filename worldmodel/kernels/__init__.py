@@ -1,8 +1,10 @@
 """Native CPU kernels, built on first use with the host's C++ compiler and called through XLA's FFI.
 
-`attention(q, k, v)` is fused softmax attention (cpu_attention.cc) for [B, L, H, E] with E % 16 == 0 and no mask,
-computed in float32 (bfloat16 / float16 operands are widened and the output narrowed back, as PyTorch's CPU SDPA
-accumulates in float32); `available()` says whether it can be used here. The shared library is compiled once per source, jaxlib and
+`attention(q, k, v)` is fused softmax attention for [B, L, H, E] with E % 16 == 0 and no mask. cpu_attention.cc
+computes in float32 (bfloat16 / float16 operands are widened and the output narrowed back, as PyTorch's CPU SDPA
+accumulates in float32); on CPUs with AMX, bfloat16 operands with E % 32 == 0 go to cpu_attention_amx.cc instead,
+whose products run on AMX tiles (bf16 × bf16 → f32; WORLDMODEL_CPU_AMX=0 keeps them on the f32 kernel).
+`unavailable()` says why the kernels cannot be used here (None: they can), `amx()` whether the AMX path is on. The shared library is compiled once per source, jaxlib and
 CPU (`-march=native`, or the cap in XLA_FLAGS' `--xla_cpu_max_isa`, or $WORLDMODEL_KERNEL_MARCH) into $WORLDMODEL_KERNEL_CACHE (default ~/.cache/worldmodel/kernels) and reused; without a
 compiler, or with WORLDMODEL_CPU_KERNELS=0, callers keep XLA's ops and the reason is logged once.
 """
@@ -23,7 +25,9 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-SOURCE = pathlib.Path(__file__).with_name("cpu_attention.cc")
+_HERE = pathlib.Path(__file__).parent
+SOURCES = (_HERE / "cpu_attention.cc", _HERE / "cpu_attention_amx.cc")
+HEADER = _HERE / "cpu_attention.h"
 PAD = 16  # the kernel's vector width in floats: key length and head width are multiples of it
 
 
@@ -57,15 +61,14 @@ def _build() -> pathlib.Path:
     raise RuntimeError("no C++ compiler (g++ / c++) on PATH")
   include = jax.ffi.include_dir()
   cmd = [cxx, "-O3", f"-march={_march()}", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{include}"]
-  key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(cmd), jax.__version__, _cpu_id()]).encode()).hexdigest()[
-    :16
-  ]
+  texts = [f.read_text() for f in (*SOURCES, HEADER)]
+  key = hashlib.sha256("\n".join([*texts, " ".join(cmd), jax.__version__, _cpu_id()]).encode()).hexdigest()[:16]
   lib = _cache_dir() / f"cpu_attention-{key}.so"
   if not lib.exists():
     lib.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:  # build aside, then rename: concurrent builders are safe
       out = pathlib.Path(tmp) / lib.name
-      done = subprocess.run([*cmd, str(SOURCE), "-o", str(out)], capture_output=True, text=True)
+      done = subprocess.run([*cmd, *map(str, SOURCES), "-o", str(out)], capture_output=True, text=True)
       if done.returncode:
         raise RuntimeError(f"{cxx} failed: {done.stderr.strip().splitlines()[-1] if done.stderr else done.returncode}")
       os.replace(out, lib)
@@ -81,10 +84,22 @@ def _load() -> str | None:
     lib = ctypes.cdll.LoadLibrary(str(_build()))
   except (OSError, RuntimeError, subprocess.SubprocessError) as e:
     return f"the fused CPU attention kernel could not be built ({e})"
-  for name, symbol in (("wm_attention_fwd", lib.WmAttentionForward), ("wm_attention_bwd", lib.WmAttentionBackward)):
+  targets = {"wm_attention_fwd": lib.WmAttentionForward, "wm_attention_bwd": lib.WmAttentionBackward}
+  if os.environ.get("WORLDMODEL_CPU_AMX", "1") != "0" and lib.wm_attention_amx_ready():
+    targets.update(wm_attention_fwd_bf16=lib.WmAttentionForwardBf16, wm_attention_bwd_bf16=lib.WmAttentionBackwardBf16)
+    _AMX.append(True)
+  for name, symbol in targets.items():
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
-  logging.info("fused CPU attention kernel loaded")
+  logging.info("fused CPU attention kernel loaded%s", " (bf16 products on AMX)" if _AMX else "")
   return None
+
+
+_AMX: list = []  # [True] once the AMX kernels are registered
+
+
+def amx() -> bool:
+  """Whether bfloat16 attention runs its products on AMX tiles here."""
+  return _load() is None and bool(_AMX)
 
 
 def unavailable() -> str | None:
@@ -105,8 +120,12 @@ def supports(q_BQHE, k_BKHE) -> str | None:
 
 def _forward(q, k, v, valid: int):
   B, Q, H, _ = q.shape
-  out = (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((B, H, Q), jnp.float32))
-  return jax.ffi.ffi_call("wm_attention_fwd", out)(q, k, v, valid=valid)
+  out = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((B, H, Q), jnp.float32))
+  return jax.ffi.ffi_call(f"wm_attention_fwd{_SUFFIX[q.dtype]}", out)(q, k, v, valid=valid)
+
+
+# Kernel per operand dtype: float32 (cpu_attention.cc) or bfloat16 on AMX (cpu_attention_amx.cc).
+_SUFFIX = {jnp.dtype(jnp.float32): "", jnp.dtype(jnp.bfloat16): "_bf16"}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -121,11 +140,13 @@ def _fwd(q, k, v, valid):
 
 def _bwd(valid, res, do):
   q, k, v, o, lse = res
-  shapes = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v))
-  return jax.ffi.ffi_call("wm_attention_bwd", shapes)(q, k, v, o, lse, do, valid=valid)
+  shapes = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v))
+  return jax.ffi.ffi_call(f"wm_attention_bwd{_SUFFIX[q.dtype]}", shapes)(q, k, v, o, lse, do.astype(q.dtype), valid=valid)
 
 
 _attention.defvjp(_fwd, _bwd)
+
+AMX_HEAD_MULTIPLE = 32  # the AMX kernel's K step: head width (and, padded inside, key and query lengths)
 
 
 def attention(q_BQHE: jax.Array, k_BKHE: jax.Array, v_BKHE: jax.Array) -> jax.Array:
@@ -133,9 +154,11 @@ def attention(q_BQHE: jax.Array, k_BKHE: jax.Array, v_BKHE: jax.Array) -> jax.Ar
   if why := supports(q_BQHE, k_BKHE):
     raise ValueError(f"fused CPU attention cannot take this call: {why}")
   dtype = q_BQHE.dtype
-  # The kernel works in float32: narrower operands are widened here (the casts are outside the custom VJP, so the
-  # gradients come back in the operands' dtype).
-  q_BQHE, k_BKHE, v_BKHE = (x.astype(jnp.float32) for x in (q_BQHE, k_BKHE, v_BKHE))
+  # bfloat16 with AMX stays bfloat16 (products on AMX tiles, softmax in float32); otherwise the kernel works in
+  # float32 and narrower operands are widened here (the casts are outside the custom VJP, so the gradients come
+  # back in the operands' dtype).
+  on_amx = dtype == jnp.bfloat16 and q_BQHE.shape[-1] % AMX_HEAD_MULTIPLE == 0 and amx()
+  q_BQHE, k_BKHE, v_BKHE = (x.astype(dtype if on_amx else jnp.float32) for x in (q_BQHE, k_BKHE, v_BKHE))
   K = k_BKHE.shape[1]
   pad = -K % PAD
   if pad:
@@ -147,7 +170,8 @@ def attention(q_BQHE: jax.Array, k_BKHE: jax.Array, v_BKHE: jax.Array) -> jax.Ar
 # Multiply-adds per (q, k, e) triple: forward Q·Kᵀ and P·V; backward recomputes Q·Kᵀ, then dV, dP, dQ, dK.
 _FLOPS_PER_QKE = {"fwd": 4, "bwd": 10}
 _CALL = re.compile(
-  r'custom_call_target="wm_attention_(fwd|bwd)", operand_layout_constraints=\{f32\[([\d,]+)\]\{[\d,]*\}, f32\[([\d,]+)\]'
+  r'custom_call_target="wm_attention_(fwd|bwd)(?:_bf16)?", operand_layout_constraints='
+  r"\{(?:f32|bf16)\[([\d,]+)\]\{[\d,]*\}, (?:f32|bf16)\[([\d,]+)\]"
 )
 
 
