@@ -83,7 +83,9 @@ def test_flops_of_the_custom_calls_are_counted():
   assert kernels.custom_call_flops(text) == (4 + 10) * 2 * 2 * 64 * padded * 32
   assert perf.compiled_flops(step.compile()) >= 0.99 * kernels.custom_call_flops(text)  # plus XLA's own ops
   q16, k16, v16 = (x.astype(jnp.bfloat16) for x in (q, k, v))  # the AMX kernel's calls (bf16 operands) count too
-  text16 = jax.jit(jax.grad(lambda q: kernels.attention(q, k16, v16).sum().astype(jnp.float32))).lower(q16).compile().as_text()
+  text16 = (
+    jax.jit(jax.grad(lambda q: kernels.attention(q, k16, v16).sum().astype(jnp.float32))).lower(q16).compile().as_text()
+  )
   assert kernels.custom_call_flops(text16) == (4 + 10) * 2 * 2 * 64 * padded * 32
 
 

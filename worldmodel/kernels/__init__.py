@@ -141,7 +141,9 @@ def _fwd(q, k, v, valid):
 def _bwd(valid, res, do):
   q, k, v, o, lse = res
   shapes = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v))
-  return jax.ffi.ffi_call(f"wm_attention_bwd{_SUFFIX[q.dtype]}", shapes)(q, k, v, o, lse, do.astype(q.dtype), valid=valid)
+  return jax.ffi.ffi_call(f"wm_attention_bwd{_SUFFIX[q.dtype]}", shapes)(
+    q, k, v, o, lse, do.astype(q.dtype), valid=valid
+  )
 
 
 _attention.defvjp(_fwd, _bwd)
