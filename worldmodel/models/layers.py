@@ -113,10 +113,18 @@ class Attention(nnx.Module):
 
   def attend(self, q, k, v, *, causal: bool = False, mask=None) -> jax.Array:
     """Attention over [B, L, H, K] heads. Masked calls take their operands in the compute dtype (on CPU the composed
-    kernel's products then run bf16 x bf16 -> f32); unmasked ones on CPU keep f32 (the fused kernel computes in f32)."""
-    if mask is not None or causal:
+    kernel's products then run bf16 x bf16 -> f32); unmasked ones on CPU keep f32 (the fused kernel computes in f32)
+    unless the fused kernel runs bf16 on AMX here (worldmodel/kernels: products on AMX tiles, softmax in f32)."""
+    if mask is not None or causal or self._amx_attention(q):
       q, k, v = (t.astype(self.dtype) for t in (q, k, v))
     return dot_product_attention(q, k, v, causal=causal, mask=mask)
+
+  def _amx_attention(self, q) -> bool:
+    if self.dtype != jnp.bfloat16 or not _cpu():
+      return False
+    from worldmodel import kernels
+
+    return q.shape[-1] % kernels.AMX_HEAD_MULTIPLE == 0 and kernels.amx()
 
 
 class MLP(nnx.Module):
