@@ -36,6 +36,19 @@ def test_bf16_dense_matches_f32_and_accumulates_in_f32():
   assert all(re.search(r"\(tensor<[^>]*bf16>, tensor<[^>]*bf16>\) -> tensor<[^>]*f32>", d) for d in dots), dots
 
 
+def test_bf16_dense_gradients_are_not_rounded_to_bf16():
+  """On CPU the casts live inside the product's VJP: the weight gradient is the f32 accumulation of the bf16
+  operands, not that rounded to bf16 (and the layer keeps its compute dtype where callers can read it)."""
+  y16, (gm16, gx16), m16, x = _grads(jnp.bfloat16)
+  assert layers.compute_dtype(m16) == jnp.bfloat16 and gx16.dtype == jnp.float32
+  rounded = lambda a: a.astype(jnp.bfloat16).astype(jnp.float32)  # noqa: E731
+  g = rounded(jnp.cos(y16))
+  want_dw = jnp.einsum("btk,btn->kn", rounded(x), g)
+  want_dx = jnp.einsum("btn,kn->btk", g, rounded(m16.kernel[...]))
+  np.testing.assert_allclose(gm16.kernel[...], want_dw, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(gx16, want_dx, rtol=1e-5, atol=1e-5)
+
+
 def test_f32_dense_is_plain_dot_general():
   m = layers.dense(8, 4, axes=(None, None), rngs=nnx.Rngs(0))
   x = jnp.ones((3, 8))
@@ -60,4 +73,4 @@ def test_models_built_without_runtime_resolve_auto_too():
   want = jnp.dtype(config_lib.auto_dtype("cpu")[0])
   assert config_lib.compute_dtype("auto") == want and config_lib.compute_dtype("float32") == jnp.float32
   model = objectives.get("wm").create_model(config, nnx.Rngs(0))
-  assert model.encoder.patch_embed.dtype == want
+  assert layers.compute_dtype(model.encoder.patch_embed) == want
