@@ -114,6 +114,27 @@ def test_ema_target_gets_no_gradient_or_optimizer_state_and_follows_the_encoder(
     assert np.isfinite(float(logs[key])), key
 
 
+@pytest.mark.parametrize("freeze", [False, True])
+def test_freeze_patch_embed_keeps_the_random_projection(dataset, freeze):
+  """model.freeze_patch_embed: the encoder's (and so its EMA target's) patch projection stays at its init while the
+  blocks train; off, it trains like every other weight."""
+  config = _config(freeze_patch_embed=freeze)
+  config.data.dir = dataset
+  rt = runtime.build(config)
+  state = rt.init_fn()
+  start = jax.tree.map(np.asarray, jax.device_get(state))
+  batch = pipeline.to_global(first_batch(config), rt.mesh)
+  for _ in range(3):  # step 0 has lr 0 (warmup from 0)
+    state, _ = rt.train_step(state, batch)
+  end = jax.device_get(state)
+  for tree in ("params", "extra"):
+    enc = "encoder" if tree == "params" else "target_encoder"
+    same = np.array_equal(end[tree][enc]["patch_embed"]["kernel"], start[tree][enc]["patch_embed"]["kernel"])
+    assert same == freeze, (tree, freeze)
+  block = lambda t: t["params"]["encoder"]["blocks"]["blocks"][0]["mlp"]["up"]["kernel"]  # noqa: E731
+  assert not np.allclose(block(end), block(start))
+
+
 def test_collapse_monitors_flag_a_collapsed_encoder(dataset):
   config = _config()
   config.data.dir = dataset

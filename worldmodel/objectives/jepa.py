@@ -10,6 +10,7 @@ Small-scale options (weights in `model.reg`, 0: off), from the literature on JEP
                  set (all its context tokens over the batch): keeps the features spread without relying on the EMA
   dense_context  V-JEPA 2.1: the predictor also regresses the target features at the context positions, so every
                  token carries a loss and local detail is not lost
+and `model.freeze_patch_embed` (MoCo v3): the patch projection keeps its random init (`lr_scales`).
 """
 
 from __future__ import annotations
@@ -142,6 +143,20 @@ def monitors(model: JEPA, target_BND: jax.Array, pred_BMD: jax.Array) -> dict:
   }
 
 
+def lr_scales(config, params: dict):
+  """`model.freeze_patch_embed`: the encoder's patch projection keeps its random initialisation (step and weight
+  decay scaled by 0; the EMA target's copy stays equal to it), as MoCo v3's frozen random patch projection: the
+  tubelet's raw content, frame differences included, stays linearly in every token while the blocks learn."""
+  if not config.model.get("freeze_patch_embed", False):
+    return None
+
+  def scale(path, _):
+    keys = [getattr(p, "key", None) for p in path[:2]]
+    return np.float32(0.0 if keys == ["encoder", "patch_embed"] else 1.0)
+
+  return jax.tree_util.tree_map_with_path(scale, params)
+
+
 def ema_momentum(config, step: jax.Array) -> jax.Array:
   """Linear from optim.ema_start to optim.ema_end over the schedule (V-JEPA: 0.998 → 1.0; V-JEPA 2: constant)."""
   o = config.optim
@@ -174,13 +189,14 @@ from worldmodel.objectives.jepa_eval import Evaluator  # noqa: E402  (the evalua
 class Jepa(base.Objective):
   name = "jepa"
   defaults = {
-    "model": {"loss_exp": 1.0, "scan_layers": False, "reg": dict(REG_DEFAULTS)},
+    "model": {"loss_exp": 1.0, "scan_layers": False, "reg": dict(REG_DEFAULTS), "freeze_patch_embed": False},
     "eval": {"probes": True},
   }
   create_model, batch_spec = staticmethod(create_model), staticmethod(batch_spec)
   check_config, check_data = staticmethod(check_config), staticmethod(common.check_frames)
   loss_fn, eval_step, Evaluator = staticmethod(loss_fn), staticmethod(eval_step), Evaluator
   sample_transform, after_update = staticmethod(sample_transform), staticmethod(after_update)
+  lr_scales = staticmethod(lr_scales)
   encoder_description = "its EMA target encoder"
 
   def configure_eval(self, config, *, context=None, perceptual="", probes=True) -> None:
