@@ -117,9 +117,8 @@ def feature_std(x_BND, across_clips: bool = False) -> jnp.ndarray:
   """Mean std of each channel across all tokens, or (across_clips) across the clips of the batch at the same token
   position: ~0 when the features stop depending on the content, even if they still encode position."""
   x = x_BND.astype(jnp.float32)
-  if (
-    across_clips
-  ):  # moments over the batch as products with 1/B: XLA:CPU's reduction over the leading axis is ~10x slower
+  if across_clips:
+    # Moments over the batch as products with 1/B: XLA:CPU's reduction over the leading axis is ~10x slower.
     w = jnp.full((x.shape[0],), 1.0 / x.shape[0], jnp.float32)
     mean_ND = jnp.einsum("b,bnd->nd", w, x)
     return jnp.mean(jnp.sqrt(jnp.einsum("b,bnd->nd", w, jnp.square(x - mean_ND))))

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from worldmodel.models import positions
+from worldmodel.models import attention_backends, positions
 from worldmodel.models.attention import dot_product_attention
 
 _init = nnx.initializers.xavier_uniform()
@@ -36,12 +36,18 @@ def _narrow_matmul_fwd(x_XK, w_KN):
   return _narrow_matmul(x_XK, w_KN), (x_XK, w_KN)
 
 
+def _matmul_grads(x_XK, w_KN, g_XN):
+  """Input and weight gradients of x @ w in f32, from g cast to the (narrow) operands' dtype."""
+  g_XN = g_XN.astype(x_XK.dtype)
+  dx_XK = jnp.einsum("...n,kn->...k", g_XN, w_KN, preferred_element_type=jnp.float32)
+  dw_KN = jnp.einsum("...k,...n->kn", x_XK, g_XN, preferred_element_type=jnp.float32)
+  return dx_XK, dw_KN
+
+
 def _narrow_matmul_bwd(res, g_XN):
   x_XK, w_KN = res
-  g_XN = g_XN.astype(x_XK.dtype)
-  dx_XK = jnp.einsum("...n,kn->...k", g_XN, w_KN, preferred_element_type=jnp.float32).astype(x_XK.dtype)
-  dw_KN = jnp.einsum("...k,...n->kn", x_XK, g_XN, preferred_element_type=jnp.float32).astype(w_KN.dtype)
-  return dx_XK, dw_KN
+  dx_XK, dw_KN = _matmul_grads(x_XK, w_KN, g_XN)
+  return dx_XK.astype(x_XK.dtype), dw_KN.astype(w_KN.dtype)
 
 
 _narrow_matmul.defvjp(_narrow_matmul_fwd, _narrow_matmul_bwd)
@@ -61,11 +67,8 @@ def _cast_matmul_fwd(x_XK, w_KN, dtype):
 
 
 def _cast_matmul_bwd(dtype, res, g_XN):
-  x_XK, w_KN = res
-  g_XN = g_XN.astype(dtype)
-  dx_XK = jnp.einsum("...n,kn->...k", g_XN, w_KN, preferred_element_type=jnp.float32)
-  dw_KN = jnp.einsum("...k,...n->kn", x_XK, g_XN, preferred_element_type=jnp.float32)
-  return dx_XK, dw_KN
+  del dtype  # the residuals carry it
+  return _matmul_grads(*res, g_XN)  # f32, the primal operands' dtype
 
 
 _cast_matmul.defvjp(_cast_matmul_fwd, _cast_matmul_bwd)
@@ -155,7 +158,8 @@ class Attention(nnx.Module):
     return dot_product_attention(q, k, v, causal=causal, mask=mask)
 
   def _amx_attention(self, q) -> bool:
-    if self.dtype != jnp.bfloat16 or not _cpu():
+    """Whether this unmasked call goes to the fused CPU kernel and that runs bf16 on AMX tiles."""
+    if self.dtype != jnp.bfloat16 or not _cpu() or attention_backends.choose(q, q, None, False)[0] != "cpu":
       return False
     from worldmodel import kernels
 
