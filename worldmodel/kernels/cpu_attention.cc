@@ -165,11 +165,6 @@ void backward_pair(const Dims& d, int64_t pair, const float* q, const float* k, 
   unpack(dV, d, Lk, b, h, dv);
 }
 
-Dims dims_of(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k, int64_t valid) {
-  auto qd = q.dimensions(), kd = k.dimensions();
-  return Dims{qd[0], qd[1], kd[1], qd[2], qd[3], 1.0f / std::sqrt(static_cast<float>(qd[3])), valid};
-}
-
 ffi::Error check(const Dims& d) {
   if (d.E % 16 != 0 || d.Lk % 16 != 0 || d.valid < 1 || d.valid > d.Lk)
     return ffi::Error::InvalidArgument("fused CPU attention needs head width and key length divisible by 16");

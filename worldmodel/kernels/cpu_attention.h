@@ -63,6 +63,13 @@ struct Dims {
   int64_t valid;  // keys at positions >= valid are padding (masked out)
 };
 
+// The problem's dimensions from q [B, Lq, H, E] and k [B, Lk, H, E] (any element type); scale 1/√E.
+template <typename Buffer>
+Dims dims_of(const Buffer& q, const Buffer& k, int64_t valid) {
+  auto qd = q.dimensions(), kd = k.dimensions();
+  return Dims{qd[0], qd[1], kd[1], qd[2], qd[3], 1.0f / std::sqrt(static_cast<float>(qd[3])), valid};
+}
+
 // Padding keys get a logit far below any real one (exp → ~1e-38, nothing in the sums).
 inline void mask_padding(float* s, int rows, const Dims& d) {
   for (int i = 0; i < rows; ++i)

@@ -286,11 +286,6 @@ ffi::Error check(const Dims& d) {
 
 #endif  // WM_AMX
 
-Dims dims_of(const ffi::Buffer<ffi::BF16>& q, const ffi::Buffer<ffi::BF16>& k, int64_t valid) {
-  auto qd = q.dimensions(), kd = k.dimensions();
-  return Dims{qd[0], qd[1], kd[1], qd[2], qd[3], 1.0f / std::sqrt(static_cast<float>(qd[3])), valid};
-}
-
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> q, ffi::Buffer<ffi::BF16> k, ffi::Buffer<ffi::BF16> v,
                    ffi::ResultBuffer<ffi::BF16> o, ffi::ResultBuffer<ffi::F32> lse, int64_t valid) {
 #ifdef WM_AMX
