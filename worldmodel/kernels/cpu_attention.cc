@@ -36,7 +36,7 @@ inline void tile(int K, const float* a, int64_t sam, int64_t sak, const float* b
 #ifdef __AVX512F__
 constexpr int kRows = 6, kVecs = 4;
 #else
-constexpr int kRows = 4, kVecs = 2;
+constexpr int kRows = 6, kVecs = 2;
 #endif
 
 template <int MR>

@@ -32,7 +32,8 @@ inline v16 load(const float* p) {
   return v;
 }
 inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
-inline v16 splat(float x) { return v16{} + x; }
+// x − 0 is x for every x (−0 included), so this compiles to one broadcast; `v16{} + x` kept a scalar add (0 + −0 = +0).
+inline v16 splat(float x) { return x - v16{}; }
 
 // e^x for x <= 0 (softmax arguments): 2^n · p(r), r = x − n·ln2 in [−ln2/2, ln2/2], degree-6 polynomial (rel. error
 // ~2e-7); arguments below −87 give ~1e-38 instead of 0, which the sums cannot tell apart.
