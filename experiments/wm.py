@@ -56,6 +56,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     residual=False,
     context_frames=1,
     reg=dict(sigreg=0.1, sigreg_projections=256, variance=0.0, covariance=0.0, inverse_dynamics=1.0, smoothness=0.0),
+    # dense: a next-frame loss on every token (weight 0: off): tokens projected to `dim`, predicted by a small AC
+    # predictor over the token grid, with SIGReg (weight `sigreg`) per (frame, position) over the batch.
+    dense=dict(weight=0.0, dim=32, sigreg=0.1, predictor=dict(width=64, depth=2, heads=4, mlp_ratio=4.0)),
     dtype="float32",
     remat="none",
     attention="auto",

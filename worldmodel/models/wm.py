@@ -37,14 +37,31 @@ class WorldModel(nnx.Module):
     # Inverse dynamics (PLDM): (z_t, z_t+1) → a_t; always built so that switching it on keeps checkpoints loadable.
     self.inv_in = layers.dense(2 * D, H, axes=("fsdp", "tensor"), rngs=rngs)
     self.inv_out = layers.dense(H, m.action_dim, axes=("tensor", None), rngs=rngs)
+    # Dense next-frame loss (`model.dense`, V-JEPA 2.1's remedy for pooled losses losing local detail): every token
+    # projected and predicted one frame ahead by a small AC predictor over the token grid. Built only when on, so
+    # checkpoints without it keep their structure.
+    dense = m.get("dense") or {}
+    self.dense_weight = float(dense.get("weight", 0.0))
+    self.dense_sigreg = float(dense.get("sigreg", 0.0))
+    if self.dense_weight:
+      grid = tuple(m.size // p for p in e.tubelet[1:])
+      pm = ml_collections.ConfigDict(m.to_dict())
+      pm.predictor = dense["predictor"]
+      self.dense_proj = layers.dense(W, dense["dim"], axes=("fsdp", "tensor"), rngs=rngs)
+      self.dense_predictor = ACPredictor(pm, dense["dim"], grid, rngs=rngs)
 
   def encode(self, frames_BTHWC: jax.Array, train: bool = False) -> jax.Array:
     """uint8 or [0, 1] frames → embeddings [B, T, 1, D], every frame on its own (gradients flow: trained jointly).
     train: the projector's BatchNorm normalises with (and updates) the batch's statistics, else its running ones."""
+    return self.encode_with_tokens(frames_BTHWC, train)[0]
+
+  def encode_with_tokens(self, frames_BTHWC: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """(embeddings [B, T, 1, D], the tokens they were pooled from [B, T, L, W])."""
     B, T = frames_BTHWC.shape[:2]
-    pooled = jnp.mean(self.tokens(frames_BTHWC), axis=2).reshape(B * T, -1)
+    x_BTLW = self.tokens(frames_BTHWC)
+    pooled = jnp.mean(x_BTLW, axis=2).reshape(B * T, -1)
     z = self.proj_out(jax.nn.gelu(self.proj_norm(self.proj_in(pooled), use_running_average=not train)))
-    return z.reshape(B, T, 1, -1)
+    return z.reshape(B, T, 1, -1), x_BTLW
 
   def tokens(self, frames_BTHWC: jax.Array) -> jax.Array:
     """The encoder's tokens of every frame on its own, [B, T, L, W] in f32 (before pooling and the projector)."""

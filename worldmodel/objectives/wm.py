@@ -2,6 +2,8 @@
 
 loss = next-embedding half squared error (`model.loss_exp=1`: L1), teacher-forced over the clip
      + the same of a `model.rollout_steps`-step autoregressive rollout from frame 0 (predictions fed back)
+     + (`model.dense.weight` > 0) a next-frame loss on every token: tokens projected, predicted one frame ahead
+       by a small AC predictor over the token grid, SIGReg per (frame, position) (`model.dense.sigreg`)
      + anti-collapse regularisers, weights in `model.reg` (0 switches one off):
          sigreg             LeWM / LeJEPA: Epps–Pulley statistic of random 1-D projections of each time step's
                             embeddings over the batch against N(0, 1)
@@ -68,6 +70,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if not m.reg[k] >= 0:
       raise ValueError(f"config key 'model.reg.{k}' ({m.reg[k]}) must be >= 0 (0: off)")
   common.check_ints("model.reg.sigreg_projections", (m.reg.sigreg_projections,), minimum=1)
+  dense = m.get("dense")
+  if dense is not None:
+    for key in ("weight", "sigreg"):
+      if not dense[key] >= 0:
+        raise ValueError(f"config key 'model.dense.{key}' ({dense[key]}) must be >= 0 (0: off)")
+    common.check_ints("model.dense.dim", (dense.dim,), minimum=1)
+    if dense.weight and dense.predictor.width % dense.predictor.heads:
+      raise ValueError(
+        f"config key 'model.dense.predictor.width' ({dense.predictor.width}) must be divisible by its heads"
+      )
   if m.reg.sigreg == 0 and m.reg.variance == 0:
     raise ValueError(
       "config keys 'model.reg.sigreg' and 'model.reg.variance' are both 0: nothing stops the jointly trained "
@@ -102,9 +114,25 @@ def monitors(z_BTND: jax.Array) -> dict:
   }
 
 
+def _dense_loss(model: WorldModel, x_BTLW, a_BTA, rng):
+  """`model.dense`: every token projected, its next-frame value predicted from all tokens of frames <= t and the
+  actions (teacher forced), plus SIGReg over the batch per (frame, position) to keep the projections spread."""
+  zt_BTLd = model.dense_proj(x_BTLW)
+  pred = model.dense_predictor(zt_BTLd[:, :-1], a_BTA[:, :-1])
+  dense = _pred_loss(model, pred, zt_BTLd[:, 1:])
+  logs = {"loss/dense": dense}
+  if model.dense_sigreg:
+    B, T, L, d = zt_BTLd.shape
+    spread = sigreg(
+      jnp.transpose(zt_BTLd, (1, 2, 0, 3)).reshape(T * L, B, d), rng, int(dict(model.reg)["sigreg_projections"])
+    )
+    dense, logs = dense + model.dense_sigreg * spread, logs | {"loss/dense_sigreg": spread}
+  return dense, logs
+
+
 def loss_fn(model: WorldModel, batch: dict, *, rng: jax.Array, train: bool):
   m = dict(model.reg)
-  z = model.encode(batch["video"], train=train)  # [B, T, 1, D]
+  z, x_BTLW = model.encode_with_tokens(batch["video"], train=train)  # [B, T, 1, D], [B, T, L, W]
   a = batch["action"].astype(jnp.float32)
   teacher = _pred_loss(model, model.predictor(z[:, :-1], a[:, :-1]), z[:, 1:])
   seq, roll = z[:, :1], []
@@ -124,6 +152,9 @@ def loss_fn(model: WorldModel, batch: dict, *, rng: jax.Array, train: bool):
     terms["smoothness"] = _mse(z_BTD[:, 1:], z_BTD[:, :-1])
   loss = teacher + rollout + sum(m[k] * v for k, v in terms.items() if m[k])
   logs |= {f"loss/{k}": v for k, v in terms.items() if m[k]}
+  if model.dense_weight:
+    dense, dense_logs = _dense_loss(model, x_BTLW, a, jax.random.fold_in(rng, 1))
+    loss, logs = loss + model.dense_weight * dense, logs | dense_logs
   return loss, {"loss": loss, **logs, **monitors(z)}
 
 
