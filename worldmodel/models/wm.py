@@ -5,6 +5,8 @@ encode: every frame on its own through a VideoViT (one tubelet deep), mean-poole
 projector → one embedding per frame, [B, T, 1, D] (one "token", so the AC predictor, the evaluator and the planner
 treat it like a one-token frame). The predictor is the AC predictor (block-causal over [action, frame] tokens).
 Embeddings are not layer-normed: the anti-collapse regulariser (SIGReg / VICReg) sets their scale.
+With `model.dense.weight` > 0 a second, small AC predictor over the token grid predicts every token's projection one
+frame ahead (a training loss only: planning and the probes use `encode` / `tokens` as before).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class WorldModel(nnx.Module):
     self.dense_sigreg = float(dense.get("sigreg", 0.0))
     if self.dense_weight:
       grid = tuple(m.size // p for p in e.tubelet[1:])
-      pm = ml_collections.ConfigDict(m.to_dict())
+      pm = ml_collections.ConfigDict(m.to_dict())  # the model's settings with the dense predictor's size
       pm.predictor = dense["predictor"]
       self.dense_proj = layers.dense(W, dense["dim"], axes=("fsdp", "tensor"), rngs=rngs)
       self.dense_predictor = ACPredictor(pm, dense["dim"], grid, rngs=rngs)
