@@ -49,10 +49,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   m = config.model
   for key in ("frames", "max_frames", "size", "action_dim", "rollout_steps", "embed_dim", "projector_width"):
     common.check_ints(f"model.{key}", (m[key],), minimum=1)
-  for key in ("width", "depth", "heads"):
-    common.check_ints(f"model.predictor.{key}", (m.predictor[key],), minimum=1)
-  if m.predictor.width % m.predictor.heads:
-    raise ValueError(f"config key 'model.predictor.width' ({m.predictor.width}) must be divisible by its heads")
+  dense = m.get("dense")
+  predictors = {"model.predictor": m.predictor} | ({"model.dense.predictor": dense.predictor} if dense else {})
+  for name, p in predictors.items():
+    for key in ("width", "depth", "heads"):
+      common.check_ints(f"{name}.{key}", (p[key],), minimum=1)
+    if p.width % p.heads:
+      raise ValueError(f"config key '{name}.width' ({p.width}) must be divisible by its heads")
   if m.frames < 2 or m.frames > m.max_frames:
     raise ValueError(f"config key 'model.frames' ({m.frames}) must be in 2..model.max_frames ({m.max_frames})")
   if not 1 <= m.context_frames < m.frames:
@@ -70,16 +73,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if not m.reg[k] >= 0:
       raise ValueError(f"config key 'model.reg.{k}' ({m.reg[k]}) must be >= 0 (0: off)")
   common.check_ints("model.reg.sigreg_projections", (m.reg.sigreg_projections,), minimum=1)
-  dense = m.get("dense")
-  if dense is not None:
+  if dense:
     for key in ("weight", "sigreg"):
       if not dense[key] >= 0:
         raise ValueError(f"config key 'model.dense.{key}' ({dense[key]}) must be >= 0 (0: off)")
     common.check_ints("model.dense.dim", (dense.dim,), minimum=1)
-    if dense.weight and dense.predictor.width % dense.predictor.heads:
-      raise ValueError(
-        f"config key 'model.dense.predictor.width' ({dense.predictor.width}) must be divisible by its heads"
-      )
   if m.reg.sigreg == 0 and m.reg.variance == 0:
     raise ValueError(
       "config keys 'model.reg.sigreg' and 'model.reg.variance' are both 0: nothing stops the jointly trained "
