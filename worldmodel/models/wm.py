@@ -46,7 +46,7 @@ class WorldModel(nnx.Module):
     self.dense_weight = float(dense.get("weight", 0.0))
     self.dense_sigreg = float(dense.get("sigreg", 0.0))
     if self.dense_weight:
-      grid = tuple(m.size // p for p in e.tubelet[1:])
+      grid = vit.token_grid(e.tubelet[0], m.size, e.tubelet)[1:]
       pm = ml_collections.ConfigDict(m.to_dict())  # the model's settings with the dense predictor's size
       pm.predictor = dense["predictor"]
       self.dense_proj = layers.dense(W, dense["dim"], axes=("fsdp", "tensor"), rngs=rngs)
