@@ -1,12 +1,24 @@
 """Shared fixtures: a small embedded dataset generated once per test session, and the CLI runner."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One XLA compilation cache for the session, set before jax is imported: the pytest workers (started after this
+# file is loaded, so they inherit it) and every CLI they start share it, and the many tests that compile the same
+# tiny programs (a preset's train step, its evaluator, a probe) load them instead (BUILD_NOTES, "Test suite").
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _XLA_CACHE = tempfile.mkdtemp(prefix="wm-tests-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+  atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 
 
 def make_dataset(out: str, episodes: int = 24, frames: int = 16, size: int = 64) -> str:
@@ -21,10 +33,11 @@ def dataset(tmp_path_factory) -> str:
 
 
 def cli_env(extra: dict | None = None) -> dict:
-  """The environment CLI subprocesses run in: without XLA_FLAGS, whose device count would override theirs."""
+  """The environment CLI subprocesses run in: without XLA_FLAGS, whose device count would override theirs; an
+  `extra` value of None unsets that variable."""
   env = {**os.environ, **(extra or {})}
   env.pop("XLA_FLAGS", None)
-  return env
+  return {k: v for k, v in env.items() if v is not None}
 
 
 def run_cli(module: str, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -138,7 +138,10 @@ def _ckpt_steps(run):
 def test_generate_train_requeue_resume_evaluate_in_a_bucket(gcs, tmp_path):
   """generate → train under launch/slurm.sbatch → time-limit signal: checkpoint + requeue → resume (time-based and
   keep-every-N saves, a profiler window, the compile cache) → evaluate; every path in the bucket."""
-  env = cli_env({"WORLDMODEL_CACHE": str(tmp_path / "cache"), **_fake_slurm(tmp_path)})
+  # Without the session's shared compilation cache: the run's own cache goes to its bucket workdir.
+  env = cli_env(
+    {"WORLDMODEL_CACHE": str(tmp_path / "cache"), "JAX_COMPILATION_CACHE_DIR": None, **_fake_slurm(tmp_path)}
+  )
   root = gcs.make_bucket("wm-e2e")
   data, run = f"{root}/data/bouncing", f"{root}/runs/tok"
   gen = ["--source=bouncing", f"--out={data}", "--episodes=24", "--frames=8", "--size=64"]

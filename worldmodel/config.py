@@ -362,7 +362,8 @@ def base_config(objective: str, *, num_frames: int, total_steps: int, batch_size
   # checkpoint.every_minutes: also save at the first log step once this many minutes passed (0: off);
   # keep_every: checkpoints at multiples of this step are kept beyond `keep` (0: off).
   c.checkpoint = dict(every_steps=500, keep=3, async_save=True, every_minutes=0.0, keep_every=0)
-  # compile_cache_dir: persistent XLA compilation cache ('': WORKDIR/compile_cache, 'none': off).
+  # compile_cache_dir: persistent XLA compilation cache ('': $JAX_COMPILATION_CACHE_DIR if set, else
+  # WORKDIR/compile_cache; 'none': off).
   c.compile_cache_dir = ""
   # profile: a jax.profiler trace of steps [start_step, start_step + num_steps) into WORKDIR/profile (0 steps: off).
   c.profile = dict(start_step=0, num_steps=0)

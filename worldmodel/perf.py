@@ -5,6 +5,7 @@ and the clock for time-based checkpoints. The trainer calls these; bench.py reus
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import jax
@@ -30,14 +31,15 @@ PEAKS = (
 
 
 def enable_compile_cache(config, workdir: str) -> str | None:
-  """Persistent compilation cache at config.compile_cache_dir ('' → WORKDIR/compile_cache, 'none' → off): a restart
-  of the same run loads its executables instead of compiling them. Returns the directory used."""
+  """Persistent compilation cache at config.compile_cache_dir ('' → the JAX_COMPILATION_CACHE_DIR the environment
+  sets, else WORKDIR/compile_cache; 'none' → off): a restart of the same run loads its executables instead of
+  compiling them, and runs that share an environment's cache share them. Returns the directory used."""
   from jax.experimental.compilation_cache import compilation_cache as cc
 
   path = config.get("compile_cache_dir", "")
   if path == "none":
     return None
-  path = storage.absolute(path or storage.join(workdir, "compile_cache"))
+  path = storage.absolute(path or os.environ.get("JAX_COMPILATION_CACHE_DIR") or storage.join(workdir, "compile_cache"))
   if jax.config.jax_compilation_cache_dir != path:
     cc.reset_cache()  # the cache binds its directory on first use: an earlier run in this process used another
     jax.config.update("jax_compilation_cache_dir", path)
