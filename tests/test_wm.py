@@ -97,7 +97,9 @@ def test_loss_trains_encoder_and_predictor_jointly():
   assert any(w.startswith("monitor/target_std=") for w in warnings), warnings
 
 
-def test_dense_token_loss_trains_its_predictor_and_is_off_by_default():
+def test_dense_token_loss_trains_its_predictor_and_is_on_in_dmc_only():
+  assert experiment_config("wm", "dmc").model.dense.weight > 0
+  assert not experiment_config("wm", "tworoom").model.dense.weight
   c = _tiny_config(size=32)
   assert not c.model.dense.weight and not hasattr(wm.create_model(c, nnx.Rngs(0)), "dense_predictor")
   c.model.dense.update(weight=1.0, dim=8, predictor=dict(width=16, depth=1, heads=2, mlp_ratio=2.0))
