@@ -11,7 +11,8 @@ is the data's action repeat (LeWM: 5). Regularisers: --config.model.reg.sigreg=0
 Variants:
   tiny   4-frame clips, a 1-block 64-wide encoder and a 1-block predictor: seconds per run, used by the tests
   dmc    4-frame 64x64 dm_control clips (LeWM: 3 context frames + 1), patch 16, encoder 128 x 4, predictor 128 x 4
-         (CPU-sized), plus the dense next-frame loss on every token; data: generate --source=dmc:reacher-easy --action_repeat=5 --render_target=0
+         (CPU-sized), 5000 steps, plus the dense next-frame loss on every token;
+         data: generate --source=dmc:reacher-easy --action_repeat=5 --render_target=0
   tworoom  6-frame 64x64 Two-Room clips (generate --source=tworoom --action_repeat=5), one context frame (the state
          is the position), 4-step rollout loss, SIGReg + inverse dynamics (PLDM / EB-JEPA), encoder 128 x 3
 """
