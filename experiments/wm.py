@@ -60,9 +60,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     context_frames=1,
     reg=dict(sigreg=0.1, sigreg_projections=256, variance=0.0, covariance=0.0, inverse_dynamics=1.0, smoothness=0.0),
     # dense: a next-frame loss on every token (weight 0: off): tokens projected to `dim`, predicted by a small AC
-    # predictor over the token grid, with SIGReg (weight `sigreg`) per (frame, position) over the batch. On in dmc:
-    # the attentive probes read more from the tokens (cartpole qvel +0.15) and reacher plans as well (BUILD_NOTES).
-    dense=dict(weight=1.0, dim=32, sigreg=0.1, predictor=dict(width=64, depth=2, heads=4, mlp_ratio=4.0)),
+    # predictor over the token grid, with SIGReg (weight `sigreg`) per (frame, position) over the batch. On in dmc.
+    dense=dict(weight=0.0, dim=32, sigreg=0.1, predictor=dict(width=64, depth=2, heads=4, mlp_ratio=4.0)),
     dtype="float32",
     remat="none",
     attention="auto",
@@ -76,6 +75,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # attentive_probes: also probe the encoder's tokens (and raw patches) with learned queries, probe_steps steps.
   c.eval.update(attentive_probes=True, probe_steps=1500)
 
+  if variant == "dmc":
+    # The attentive probes read more from the tokens (cartpole qvel +0.15) and reacher plans as well (BUILD_NOTES).
+    c.model.dense.weight = 1.0
   if variant == "tworoom":
     c.data.num_frames = 6
     c.batch_size = 64
@@ -85,7 +87,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.encoder_model.encoder = dict(width=96, depth=2, heads=4, mlp_ratio=4.0)
     c.model.predictor = dict(width=96, depth=2, heads=4, mlp_ratio=4.0)
     c.model.reg.update(sigreg=0.1, inverse_dynamics=1.0)
-    c.model.dense.weight = 0.0  # the state is one point's position: the pooled embedding holds it (100 % planning)
     c.optim.update(lr=1e-3, warmup_steps=100)
     c.checkpoint.every_steps = 250
   if variant == "tiny":
@@ -95,7 +96,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.encoder_model.encoder = dict(width=64, depth=1, heads=2, mlp_ratio=2.0)
     c.model.update(embed_dim=16, projector_width=32, rollout_steps=2)
     c.model.predictor = dict(width=32, depth=1, heads=2, mlp_ratio=2.0)
-    c.model.dense.weight = 0.0  # seconds per test run; test_wm turns it on where it is the subject
     c.model.reg.sigreg_projections = 16
     c.optim.update(lr=1e-3, warmup_steps=5)
     c.checkpoint.every_steps = 10
