@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {arg!r} for experiments/wm.py; choose one of {VARIANTS}")
 
-  # 5000 steps: at 3000 the preset planned reacher at 32 % (48 % without the dense loss), at 5000 at 94-98 %
+  # 5000 steps: at 3000 the preset planned reacher at 32 % (48 % without the dense loss), at 5000 at 92-98 %
   # (LeWM's protocol; BUILD_NOTES, "The dense token loss becomes the wm:dmc default").
   c = config_lib.base_config("wm", num_frames=4, total_steps=5000, batch_size=32)
   # encoder_model: the per-frame VideoViT (its frames / size are filled in at start: one tubelet of one frame);
